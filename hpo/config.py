@@ -1,0 +1,270 @@
+"""One frozen, validated :class:`StudyConfig`, built once at the CLI edge.
+
+A config file holds study keys (below) and the objective's own keys (model, dataset, epochs, ...),
+which the objective's config class validates. Flags override file values; ``--storage`` falls back
+to ``HPO_STORAGE`` and then to ``sqlite:///studies.db`` (the CLI resolves that order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from typing import Literal
+
+from hpo.errors import ConfigError
+from hpo.storage import DEFAULT_STORAGE
+from hpo.storage import StorageSettings
+
+__all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "STUDY_KEYS",
+    "PrunerConfig",
+    "SamplerConfig",
+    "StudyConfig",
+    "config_from_dict",
+    "load_config",
+]
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "grid")
+PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "patient", "none")
+
+# Keys the study side owns; every other key of a config file belongs to the objective.
+STUDY_KEYS = (
+    "study",
+    "storage",
+    "objective",
+    "direction",
+    "sampler",
+    "pruner",
+    "search_space",
+    "n_trials",
+    "timeout",
+    "heartbeat_interval",
+    "grace_period",
+    "max_retry",
+)
+# Shared by both sides: the study uses them too, and the objective gets them.
+SHARED_KEYS = ("metric", "seed")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """An optuna sampler by name, with keyword options for its constructor."""
+
+    name: str = "tpe"  # one of SAMPLERS
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. {n_startup_trials: 5}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """An optuna pruner by name, with keyword options (steps are training examples seen)."""
+
+    name: str = "median"  # one of PRUNERS
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. {n_startup_trials: 3}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study needs; stored in the study so that any worker can rebuild it."""
+
+    study: str  # study name, unique in its storage
+    storage: str  # storage URL (never stored in the study itself)
+    objective: str  # registered objective name or "package.module:function"
+    metric: str  # what the objective reports and returns
+    direction: Literal["minimize", "maximize"]
+    sampler: SamplerConfig
+    pruner: PrunerConfig
+    search_space: str  # path of the search-space YAML file
+    n_trials: int | None  # trials across all workers (complete + pruned + failed); None: no limit
+    timeout: float | None  # seconds each worker keeps starting trials; None: no limit
+    seed: int  # seed of the sampler, the data splits and the training
+    objective_config: Any  # the objective's frozen config dataclass (or a dict)
+    storage_settings: StorageSettings = field(default_factory=StorageSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as stored in the study (JSON-able, without the storage URL)."""
+        from objectives import resolve_objective
+
+        spec = resolve_objective(self.objective)
+        return {
+            "study": self.study,
+            "objective": self.objective,
+            "metric": self.metric,
+            "direction": self.direction,
+            "sampler": self.sampler.to_dict(),
+            "pruner": self.pruner.to_dict(),
+            "search_space": self.search_space,
+            "n_trials": self.n_trials,
+            "timeout": self.timeout,
+            "seed": self.seed,
+            "heartbeat_interval": self.storage_settings.heartbeat_interval,
+            "grace_period": self.storage_settings.grace_period,
+            "max_retry": self.storage_settings.max_retry,
+            **{
+                k: v
+                for k, v in spec.config_to_dict(self.objective_config).items()
+                if k not in SHARED_KEYS
+            },
+        }
+
+
+def _named(source: str, key: str, value: Any, valid: tuple[str, ...]) -> tuple[str, dict]:
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or "name" not in value:
+        raise ConfigError(f"{source}: {key}: expected {{name: ...}}, got {value!r}")
+    value = dict(value)
+    name = value.pop("name")
+    if name not in valid:
+        raise ConfigError(f"{source}: {key}.name: unknown {key} {name!r} (valid: {', '.join(valid)})")
+    return name, value
+
+
+def _positive_int(source: str, key: str, value: Any, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{source}: {key}: expected a positive integer, got {value!r}")
+    return value
+
+
+def config_from_dict(
+    raw: dict[str, Any], source: str = "<config>", overrides: dict[str, Any] | None = None
+) -> StudyConfig:
+    """Validate a config mapping (file values, then non-None ``overrides``) into a StudyConfig.
+
+    Raises:
+        ConfigError: a missing, unknown or invalid key, named with ``source``.
+    """
+    from objectives import resolve_objective
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
+    data = dict(raw)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in ("sampler", "pruner") and isinstance(value, str):
+            current = data.get(key)
+            same = isinstance(current, dict) and current.get("name") == value
+            value = current if same else {"name": value}
+        data[key] = value
+    objective = data.get("objective", "text_classification")
+    try:
+        spec = resolve_objective(str(objective))
+    except (KeyError, ImportError) as exc:
+        raise ConfigError(f"{source}: objective: {exc.args[0]}") from None
+
+    study = data.get("study")
+    if not isinstance(study, str) or not study.strip():
+        raise ConfigError(f"{source}: study: expected a study name, got {study!r}")
+    metric = data.get("metric", next(iter(spec.metrics)) if spec.metrics else "value")
+    natural = spec.metrics.get(metric)
+    if spec.metrics and natural is None:
+        raise ConfigError(
+            f"{source}: metric: unknown metric {metric!r} for objective {objective!r} "
+            f"(valid: {', '.join(spec.metrics)})"
+        )
+    direction = data.get("direction", natural or "minimize")
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"{source}: direction: expected minimize or maximize, got {direction!r}")
+    if natural is not None and direction != natural:
+        raise ConfigError(
+            f"{source}: direction: {metric} should be {natural}d, not {direction}d "
+            f"(omit direction to use {natural})"
+        )
+    sampler_name, sampler_opts = _named(source, "sampler", data.get("sampler", "tpe"), SAMPLERS)
+    pruner_name, pruner_opts = _named(source, "pruner", data.get("pruner", "median"), PRUNERS)
+    search_space = data.get("search_space")
+    if not isinstance(search_space, str):
+        raise ConfigError(f"{source}: search_space: expected the path of a YAML file, got {search_space!r}")
+    timeout = data.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise ConfigError(f"{source}: timeout: expected seconds > 0 or null, got {timeout!r}")
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{source}: seed: expected an integer, got {seed!r}")
+    settings = StorageSettings()
+    for key in ("heartbeat_interval", "grace_period", "max_retry"):
+        if key in data:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{source}: {key}: expected an integer >= 0, got {value!r}")
+            settings = replace(settings, **{key: value})
+    if settings.heartbeat_interval and settings.grace_period <= settings.heartbeat_interval:
+        raise ConfigError(
+            f"{source}: grace_period: must exceed heartbeat_interval "
+            f"({settings.heartbeat_interval}), got {settings.grace_period}"
+        )
+    objective_raw = {k: v for k, v in data.items() if k not in STUDY_KEYS}
+    objective_raw["metric"] = metric
+    objective_raw["seed"] = seed
+    try:
+        objective_config = spec.config_from_dict(objective_raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return StudyConfig(
+        study=study,
+        storage=str(data.get("storage") or DEFAULT_STORAGE),
+        objective=str(objective),
+        metric=str(metric),
+        direction=direction,
+        sampler=SamplerConfig(sampler_name, sampler_opts),
+        pruner=PrunerConfig(pruner_name, pruner_opts),
+        search_space=search_space,
+        n_trials=_positive_int(source, "n_trials", data.get("n_trials")),
+        timeout=float(timeout) if timeout is not None else None,
+        seed=seed,
+        objective_config=objective_config,
+        storage_settings=settings,
+    )
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read a YAML config file and apply flag ``overrides`` (None values are ignored).
+
+    Relative ``search_space`` paths are resolved against the working directory first, then the
+    config file's directory, then hpo's own checkout (``search_spaces/default.yaml`` works anywhere).
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a key is invalid.
+
+    Example:
+        >>> cfg = load_config("examples/demo.yaml", {"n_trials": 4})
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config is empty")
+    if isinstance(raw, dict) and isinstance(raw.get("search_space"), str):
+        space = Path(raw["search_space"])
+        if not space.is_absolute() and not space.exists():
+            # Then beside the config file, then the search_spaces/ shipped with hpo.
+            for base in (path.parent, Path(__file__).resolve().parent.parent):
+                if (base / space).exists():
+                    raw = {**raw, "search_space": str(base / space)}
+                    break
+    return config_from_dict(raw, str(path), overrides)

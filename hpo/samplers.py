@@ -1,0 +1,89 @@
+"""Optuna samplers and pruners by name, with their options from the config."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from typing import Any
+
+from hpo.config import PrunerConfig
+from hpo.config import SamplerConfig
+from hpo.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpo.search_space import SearchSpace
+
+__all__ = ["build_pruner", "build_sampler"]
+
+
+def _construct(kind: str, name: str, cls: Any, options: dict[str, Any]) -> Any:
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        # e.g. "__init__() got an unexpected keyword argument 'x'"
+        detail = str(exc).split(") ", 1)[-1]
+        raise ConfigError(f"{kind} {name!r}: {detail}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{kind} {name!r}: {exc}") from None
+
+
+def build_sampler(cfg: SamplerConfig, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """Build the sampler ``cfg.name`` (tpe, random, gp, cmaes, qmc, grid) seeded with ``seed``.
+
+    The grid sampler takes its values from the space (categorical choices, small int ranges)
+    unless the options give ``search_space: {param: [values]}``.
+    """
+    import optuna
+
+    options = dict(cfg.options)
+    options.setdefault("seed", seed)
+    classes = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "gp": optuna.samplers.GPSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "qmc": optuna.samplers.QMCSampler,
+        "grid": optuna.samplers.GridSampler,
+    }
+    if cfg.name == "grid":
+        options["search_space"] = space.grid(options.get("search_space"))
+    return _construct("sampler", cfg.name, classes[cfg.name], options)
+
+
+def build_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
+    """Build the pruner ``cfg.name``; steps are training examples seen.
+
+    ``patient`` wraps another pruner given as ``wrapped: {name: median, ...}`` (default: none)
+    and needs ``patience``.
+    """
+    import optuna
+
+    options = dict(cfg.options)
+    classes = {
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "patient": optuna.pruners.PatientPruner,
+        "none": optuna.pruners.NopPruner,
+    }
+    if cfg.name == "patient":
+        wrapped = options.pop("wrapped", None)
+        inner = None
+        if wrapped is not None:
+            if isinstance(wrapped, str):
+                wrapped = {"name": wrapped}
+            if not isinstance(wrapped, dict) or wrapped.get("name") not in classes:
+                raise ConfigError(
+                    f"pruner 'patient': wrapped: expected {{name: one of {', '.join(classes)}}}, "
+                    f"got {wrapped!r}"
+                )
+            wrapped = dict(wrapped)
+            inner = build_pruner(PrunerConfig(wrapped.pop("name"), wrapped))
+        if "patience" not in options:
+            raise ConfigError("pruner 'patient': missing option 'patience' (e.g. patience: 1)")
+        options["wrapped_pruner"] = inner
+    if cfg.name == "percentile" and "percentile" not in options:
+        raise ConfigError("pruner 'percentile': missing option 'percentile' (e.g. percentile: 25.0)")
+    return _construct("pruner", cfg.name, classes[cfg.name], options)

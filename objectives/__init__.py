@@ -1,0 +1,84 @@
+"""The training side of ``hpo``: objectives that trials call.
+
+An objective is ``objective(trial, params, cfg) -> float``: it trains with the sampled ``params``
+under the fixed settings ``cfg``, reports its validation metric to ``trial`` at fixed fidelity
+steps (training examples seen), honours pruning, and returns the best validation value.
+
+Each objective registers an :class:`ObjectiveSpec` here. Users may name their own function as
+``"package.module:function"``; it then gets its config section as a plain dict.
+
+This package never imports ``hpo``, click, sqlalchemy or plotly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from objectives import text_classification
+from objectives import toy
+
+__all__ = ["OBJECTIVES", "ObjectiveSpec", "resolve_objective"]
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What the study side needs to know about an objective."""
+
+    fn: Callable[..., float]  # objective(trial, params, cfg) -> float
+    config_from_dict: Callable[[dict[str, Any]], Any]  # validated, frozen config; ValueError if bad
+    config_to_dict: Callable[[Any], dict[str, Any]]  # JSON-able, round-trips through from_dict
+    metrics: dict[str, str]  # metric -> its natural direction; empty: any metric
+    # Check data and model; return {"data_fingerprint": str, "data": JSON-able info}. Optional.
+    prepare: Callable[[Any], dict[str, Any]] | None = None
+    # Check the search space's distributions against cfg (e.g. the model's depth). Optional.
+    validate_space: Callable[[Any, dict[str, Any]], None] | None = None
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    "text_classification": ObjectiveSpec(
+        fn=text_classification.objective,
+        config_from_dict=text_classification.TextClassificationConfig.from_dict,
+        config_to_dict=text_classification.TextClassificationConfig.to_dict,
+        metrics=text_classification.METRICS,
+        prepare=text_classification.prepare,
+        validate_space=text_classification.validate_space,
+    ),
+    "toy": ObjectiveSpec(
+        fn=toy.objective,
+        config_from_dict=toy.ToyConfig.from_dict,
+        config_to_dict=toy.ToyConfig.to_dict,
+        metrics=toy.METRICS,
+        prepare=toy.prepare,
+        validate_space=toy.validate_space,
+    ),
+}
+
+
+def resolve_objective(name: str) -> ObjectiveSpec:
+    """Return the registered objective ``name``, or import ``"package.module:function"``.
+
+    Raises:
+        KeyError: unknown name (the message lists the registered ones).
+        ImportError: a ``module:function`` path that cannot be imported.
+    """
+    if name in OBJECTIVES:
+        return OBJECTIVES[name]
+    if ":" not in name:
+        raise KeyError(
+            f"unknown objective {name!r} (registered: {', '.join(sorted(OBJECTIVES))}, "
+            "or 'package.module:function')"
+        )
+    module_name, _, attr = name.partition(":")
+    module = importlib.import_module(module_name)
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ImportError(f"{module_name!r} has no function {attr!r}")
+    return ObjectiveSpec(
+        fn=fn,
+        config_from_dict=dict,
+        config_to_dict=dict,
+        metrics={},  # any metric name; the config gives the direction (default minimize)
+    )

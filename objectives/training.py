@@ -1,0 +1,512 @@
+"""The training loop of one trial, top to bottom.
+
+Fidelity steps are counted in training examples seen: each epoch's shuffled order is cut into
+``evals_per_epoch`` equal segments, and evaluation happens exactly at each segment's end, so a
+batch-8 and a batch-32 trial report at the same steps.
+
+Work that would repeat is done once: the frozen prefix (embeddings and the bottom
+``freeze_layers`` layers, in eval mode, so without dropout) runs once per example, and its
+outputs feed every epoch and evaluation of the trial, and later trials with the same depth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
+
+import numpy as np
+import optuna
+
+if TYPE_CHECKING:
+    import torch
+
+    from objectives.models import Encoded
+    from objectives.models import Resources
+    from objectives.text_classification import TextClassificationConfig
+
+__all__ = ["fine_tune", "evaluate", "macro_f1", "plan_segments"]
+
+_LOG = logging.getLogger("hpo.objectives")
+_MEGA_BATCHES = 16  # length grouping: sort this many batches' worth of examples by length
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Macro-averaged F1 over ``n_classes`` (classes absent from both count as 0)."""
+    f1s = []
+    for c in range(n_classes):
+        tp = float(np.sum((y_pred == c) & (y_true == c)))
+        fp = float(np.sum((y_pred == c) & (y_true != c)))
+        fn = float(np.sum((y_pred != c) & (y_true == c)))
+        denom = 2 * tp + fp + fn
+        f1s.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+def plan_segments(
+    n_train: int, epochs: int, evals_per_epoch: int, seed: int
+) -> list[np.ndarray]:
+    """The training order, cut into fidelity segments (one evaluation at the end of each)."""
+    segments = []
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(n_train)
+        segments.extend(np.array_split(order, min(evals_per_epoch, n_train)))
+    return segments
+
+
+def _batches(
+    segment: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Length-grouped batches: little padding, still a random order of batches."""
+    chunk = batch_size * _MEGA_BATCHES
+    batches = []
+    for start in range(0, len(segment), chunk):
+        part = segment[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+# --- inputs: token ids, or cached frozen-prefix outputs -------------------------------------
+
+
+def _pad_ids(ids: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    width = max(len(x) for x in ids)
+    out = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for i, x in enumerate(ids):
+        out[i, : len(x)] = x
+        mask[i, : len(x)] = 1
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+def _pad_hidden(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    width = max(s.shape[0] for s in states)
+    out = states[0].new_zeros((len(states), width, states[0].shape[1]))
+    mask = torch.zeros((len(states), width), dtype=torch.long)
+    for i, s in enumerate(states):
+        out[i, : s.shape[0]] = s
+        mask[i, : s.shape[0]] = 1
+    return out, mask
+
+
+class _Passthrough:
+    """Stands in for the embeddings while the model trains on cached prefix outputs."""
+
+    def __new__(cls) -> Any:
+        import torch
+
+        class Passthrough(torch.nn.Module):
+            def forward(self, inputs_embeds: torch.Tensor | None = None, **_: Any) -> Any:
+                return inputs_embeds
+
+        return Passthrough()
+
+
+def supports_prefix_cache(model: Any) -> bool:
+    """BERT-style encoders (embeddings + encoder.layer) can be split after layer k."""
+    base = getattr(model, "base_model", None)
+    return (
+        base is not None
+        and hasattr(base, "embeddings")
+        and hasattr(getattr(base, "encoder", None), "layer")
+    )
+
+
+def _cls_only(model: Any, k: int, n_layers: int) -> bool:
+    # With every layer frozen, BERT's pooler reads only the first token: keep only that.
+    return k == n_layers and getattr(model.config, "model_type", "") == "bert"
+
+
+def compute_prefix(
+    model: Any, enc: Encoded, k: int, pad_id: int, batch_size: int, autocast: Any
+) -> list[torch.Tensor]:
+    """Outputs of the embeddings and the bottom ``k`` layers, one [length, hidden] per example."""
+    import torch
+    from transformers.masking_utils import create_bidirectional_mask
+
+    base = model.base_model
+    keep_first = _cls_only(model, k, len(base.encoder.layer))
+    order = np.argsort(enc.lengths, kind="stable")
+    out: list[torch.Tensor | None] = [None] * len(enc)
+    with torch.inference_mode(), autocast():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            ids, mask = _pad_ids([enc.ids[i] for i in idx], pad_id)
+            hidden = base.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
+            attn = create_bidirectional_mask(
+                config=base.config, inputs_embeds=hidden, attention_mask=mask
+            )
+            for layer in base.encoder.layer[:k]:
+                hidden = layer(hidden, attn)
+            hidden = hidden.float()
+            for row, i in enumerate(idx):
+                n = 1 if keep_first else len(enc.ids[i])
+                out[i] = hidden[row, :n].clone()
+    return out  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _suffix_only(model: Any, k: int) -> Iterator[None]:
+    """Run only the layers above ``k``: the embeddings pass cached outputs through."""
+    import torch
+
+    base = model.base_model
+    embeddings, layers = base.embeddings, base.encoder.layer
+    base.embeddings = _Passthrough()
+    base.encoder.layer = torch.nn.ModuleList(list(layers)[k:])
+    try:
+        yield
+    finally:
+        base.embeddings, base.encoder.layer = embeddings, layers
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    f1: float
+    predictions: np.ndarray
+
+    def as_dict(self) -> dict[str, float]:
+        return {"val_loss": self.loss, "val_accuracy": self.accuracy, "val_f1": self.f1}
+
+
+def evaluate(
+    model: Any,
+    inputs: list[Any],
+    labels: np.ndarray,
+    n_classes: int,
+    batch_size: int,
+    pad_id: int,
+    autocast: Any,
+    cached: bool,
+) -> EvalResult:
+    """Loss, accuracy and macro-F1 on one split, in inference mode, batched by length."""
+    import torch
+    import torch.nn.functional as F
+
+    was_training = model.training
+    model.eval()
+    lengths = np.array([len(x) for x in inputs])
+    order = np.argsort(lengths, kind="stable")
+    preds = np.zeros(len(inputs), dtype=np.int64)
+    total = 0.0
+    with torch.inference_mode(), autocast():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            logits = _forward(model, [inputs[i] for i in idx], pad_id, cached)
+            y = torch.from_numpy(labels[idx])
+            total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            preds[idx] = logits.argmax(-1).numpy()
+    model.train(was_training)
+    return EvalResult(
+        loss=total / max(len(inputs), 1),
+        accuracy=float(np.mean(preds == labels)) if len(labels) else 0.0,
+        f1=macro_f1(labels, preds, n_classes),
+        predictions=preds,
+    )
+
+
+def _forward(model: Any, batch: list[Any], pad_id: int, cached: bool) -> torch.Tensor:
+    import torch
+
+    if cached:
+        hidden, mask = _pad_hidden(batch)
+        return model(inputs_embeds=hidden, attention_mask=mask).logits
+    ids, mask = _pad_ids(batch, pad_id)
+    return model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+
+def _checkpoint_path(cfg: TextClassificationConfig, study: str, number: int) -> Path:
+    assert cfg.checkpoint_dir is not None
+    return Path(cfg.checkpoint_dir) / study / f"trial-{number}.pt"
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a worker killed mid-write leaves the previous checkpoint
+
+
+def _find_checkpoint(
+    trial: optuna.Trial, cfg: TextClassificationConfig
+) -> tuple[int, Path] | None:
+    if cfg.checkpoint_dir is None:
+        return None
+    attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+    for number in reversed(attrs.get("retry_history", [])):
+        path = _checkpoint_path(cfg, trial.study.study_name, number)
+        if path.exists():
+            return number, path
+    return None
+
+
+# --- the trial ----------------------------------------------------------------------------
+
+
+def _autocast(precision: str) -> Any:
+    import torch
+
+    if precision == "bf16":
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _optimizer(model: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
+    import torch
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue  # frozen: no gradient, no optimizer state
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": float(hp["weight_decay"])},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=float(hp["learning_rate"]))
+
+
+def _schedule(total: int, warmup: int, kind: str) -> Any:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(total - warmup, 1)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return max(0.0, 1.0 - progress)
+
+    return factor
+
+
+def _set_dropout(model: Any, p: float | None) -> None:
+    import torch
+
+    if p is None:
+        return
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = float(p)
+
+
+def _apply_lora(model: Any, hp: dict[str, Any], k: int, n_layers: int) -> Any:
+    from peft import LoraConfig
+    from peft import TaskType
+    from peft import get_peft_model
+
+    targets = [t.strip() for t in str(hp["target_modules"]).split(",") if t.strip()]
+    extra: dict[str, Any] = {}
+    if 0 < k < n_layers:
+        extra = {"layers_to_transform": list(range(k, n_layers)), "layers_pattern": "layer"}
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=int(hp["r"]),
+        lora_alpha=int(hp["lora_alpha"]),
+        lora_dropout=float(hp["lora_dropout"]),
+        target_modules=targets,
+        **extra,
+    )
+    return get_peft_model(model, config)
+
+
+def fine_tune(
+    trial: optuna.Trial, hp: dict[str, Any], cfg: TextClassificationConfig, res: Resources
+) -> float:
+    """Train one configuration, reporting ``cfg.metric`` at each fidelity step.
+
+    Raises:
+        optuna.TrialPruned: when the pruner stops the trial (user attrs are set first).
+        FloatingPointError: on a NaN or infinite training loss.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    autocast = _autocast(cfg.precision)
+    n_classes = len(res.splits.label_names)
+    train_enc, val_enc = res.encoded["train"], res.encoded["validation"]
+    n_layers = res.num_layers
+    k = int(hp["freeze_layers"])
+    lora = hp["finetuning"] == "lora"
+    batch_size = int(hp["batch_size"])
+
+    model = copy.deepcopy(res.base_model)  # fresh weights, never a reload from disk
+    for p in model.parameters():
+        p.requires_grad_(True)
+    _set_dropout(model, hp["dropout"])
+    splittable = supports_prefix_cache(model)
+    frozen: list[Any] = []
+    if k > 0 and splittable:
+        base = model.base_model
+        frozen = [base.embeddings, *list(base.encoder.layer)[:k]]
+        for m in frozen:
+            m.requires_grad_(False)
+    elif k > 0:
+        raise ValueError(f"freeze_layers={k} needs a BERT-style encoder; {type(model).__name__}")
+    if lora:
+        model = _apply_lora(model, hp, k, n_layers)
+    use_cache = bool(frozen) and not lora and cfg.prefix_cache_mb >= 0 and splittable
+
+    # Inputs: token ids, or the frozen prefix's outputs computed once.
+    t_prefix = time.perf_counter()
+    if use_cache:
+        key = (res.key, k, cfg.precision)
+        cached = res.prefix_cache.get(key)
+        if cached is None:
+            cached = {
+                name: compute_prefix(model, enc, k, res.pad_id, cfg.eval_batch_size, autocast)
+                for name, enc in (("train", train_enc), ("validation", val_enc))
+            }
+            size = sum(t.numel() * t.element_size() for v in cached.values() for t in v)
+            res.prefix_cache.put(key, cached, size)
+        train_inputs, val_inputs = cached["train"], cached["validation"]
+    else:
+        train_inputs, val_inputs = train_enc.ids, val_enc.ids
+    prefix_seconds = time.perf_counter() - t_prefix
+    lengths = np.array([len(x) for x in train_inputs])
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in model.parameters())
+    optimizer = _optimizer(model, hp)
+    segments = plan_segments(len(train_enc), cfg.epochs, cfg.evals_per_epoch, cfg.seed)
+    total_steps = sum(math.ceil(len(s) / batch_size) for s in segments)
+    warmup = int(round(float(hp["warmup_ratio"]) * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(total_steps, warmup, str(hp["lr_scheduler_type"]))
+    )
+    planned = int(sum(len(s) for s in segments))
+    trial.set_user_attr("planned_examples", planned)
+    trial.set_user_attr("trainable_params", int(trainable))
+    trial.set_user_attr("total_params", int(total_params))
+
+    sign = 1.0 if cfg.metric == "val_loss" else -1.0
+    history: list[dict[str, float]] = []
+    seen = 0
+    start_segment = 0
+    train_seconds = 0.0
+    resumed = _find_checkpoint(trial, cfg)
+    if resumed is not None:
+        number, path = resumed
+        state = torch.load(path, weights_only=False)
+        model.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, seen, start_segment = state["history"], state["seen"], state["segment"]
+        for h in history:
+            trial.report(h[cfg.metric], int(h["step"]))
+        trial.set_user_attr("resumed_from", {"trial": number, "step": seen})
+
+    def record(prune_reason: str | None) -> None:
+        best = min(history, key=lambda h: sign * h[cfg.metric]) if history else None
+        attrs: dict[str, Any] = {
+            "examples_seen": seen,
+            "train_seconds": round(train_seconds, 3),
+            "prefix_seconds": round(prefix_seconds, 3),
+            "history": history,
+            "prefix_cached": use_cache,
+        }
+        if best is not None:
+            attrs.update(
+                {
+                    "val_loss": best["val_loss"],
+                    "val_accuracy": best["val_accuracy"],
+                    "val_f1": best["val_f1"],
+                    "best_step": int(best["step"]),
+                }
+            )
+        for key_, value in attrs.items():
+            trial.set_user_attr(key_, value)
+
+    model.train()
+    for m in frozen:
+        m.eval()  # frozen layers: no dropout, so their outputs are fixed and cacheable
+    rng = np.random.default_rng([cfg.seed, 1])
+    # Names as in the whole model: inside _suffix_only the layers are renumbered.
+    named_trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    context = _suffix_only(model, k) if use_cache else contextlib.nullcontext()
+    with context:
+        for seg_index in range(start_segment, len(segments)):
+            segment = segments[seg_index]
+            t0 = time.perf_counter()
+            for idx in _batches(segment, lengths, batch_size, rng):
+                with autocast():
+                    logits = _forward(model, [train_inputs[i] for i in idx], res.pad_id, use_cache)
+                loss = F.cross_entropy(logits.float(), torch.from_numpy(train_enc.labels[idx]))
+                if not torch.isfinite(loss):
+                    train_seconds += time.perf_counter() - t0
+                    record(None)
+                    raise FloatingPointError(
+                        f"training loss is {float(loss)} after {seen} examples "
+                        f"(learning_rate={hp['learning_rate']:.3g})"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm
+                    )
+                optimizer.step()
+                scheduler.step()
+                seen += len(idx)
+            result = evaluate(
+                model, val_inputs, val_enc.labels, n_classes, cfg.eval_batch_size,
+                res.pad_id, autocast, use_cache,
+            )
+            for m in frozen:
+                m.eval()
+            train_seconds += time.perf_counter() - t0
+            history.append(
+                {"step": seen, **result.as_dict(), "seconds": round(train_seconds, 3)}
+            )
+            value = result.as_dict()[cfg.metric]
+            trial.report(value, seen)
+            if cfg.checkpoint_dir is not None and seg_index + 1 < len(segments):
+                _save_checkpoint(
+                    _checkpoint_path(cfg, trial.study.study_name, trial.number),
+                    {
+                        "trainable": {n: p.detach() for n, p in named_trainable},
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "history": history,
+                        "seen": seen,
+                        "segment": seg_index + 1,
+                    },
+                )
+            if trial.should_prune():
+                record("pruned")
+                raise optuna.TrialPruned(f"pruned at {seen} examples ({cfg.metric}={value:.4f})")
+    record(None)
+    trial.set_user_attr("trial_seconds", round(time.perf_counter() - t_start, 3))
+    if cfg.checkpoint_dir is not None:
+        path = _checkpoint_path(cfg, trial.study.study_name, trial.number)
+        path.unlink(missing_ok=True)
+    best = min(history, key=lambda h: sign * h[cfg.metric])
+    return float(best[cfg.metric])
