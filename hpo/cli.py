@@ -102,15 +102,25 @@ def _load(config_path: str, storage: str | None, **overrides: Any) -> Any:
 @cli.command()
 @_config_options
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads (default: cores / local workers).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Also write the study's HTML report here at the end.")
 @format_option
 @click.pass_context
-def run(ctx: click.Context, config_path: str, fmt: str, threads: int | None, **overrides: Any) -> None:
+def run(ctx: click.Context, config_path: str, fmt: str, threads: int | None,
+        report_path: str | None, **overrides: Any) -> None:
     """Run a study (create it, or resume it when it exists) and print the best trial."""
     from hpo.runner import run_study
 
     cfg = _load(config_path, **overrides)
-    summary = run_study(cfg, threads=threads, quiet=ctx.obj["quiet"], create=True)
+    summary = run_study(cfg, threads=threads, quiet=ctx.obj["quiet"])
     _print_summary(summary, cfg.metric, fmt)
+    if report_path:
+        from hpo.report import write_report
+        from hpo.storage import redact_url
+        from hpo.study import open_study
+
+        path = write_report(open_study(cfg.storage, cfg.study), report_path, redact_url(cfg.storage))
+        click.echo(f"report: {path}", err=True)
     if summary.interrupted:
         ctx.exit(130)
 
@@ -194,6 +204,36 @@ def best(storage: str | None, study: str, fmt: str) -> None:
 cli.add_command(best, name="best-trial")
 
 
+@cli.command()
+@storage_option
+@study_option()
+@click.option("-o", "--output", default="report.html", show_default=True,
+              type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option("--open", "open_", is_flag=True, help="Open the report in a browser.")
+def report(storage: str | None, study: str, output: str, open_: bool) -> None:
+    """Write one self-contained HTML report of a study (opens offline)."""
+    from hpo.report import write_report
+    from hpo.storage import redact_url
+    from hpo.study import open_study
+
+    url = storage or DEFAULT_STORAGE
+    path = write_report(open_study(url, study), output, redact_url(url))
+    click.echo(str(path))
+    if open_:
+        click.launch(str(path.resolve()))
+
+
+@cli.command()
+@storage_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+def dashboard(storage: str | None, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the same storage (pip install optuna-dashboard)."""
+    from hpo.dashboard import serve
+
+    serve(storage or DEFAULT_STORAGE, host, port)
+
+
 @cli.command(name="delete-study")
 @storage_option
 @study_option()
@@ -215,3 +255,7 @@ def main() -> None:
     """Entry point of the ``hpo`` console script."""
     cli.main(prog_name="hpo")
 
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,13 +332,24 @@ def _apply_lora(model: Any, hp: dict[str, Any], k: int, n_layers: int) -> Any:
         target_modules=targets,
         **extra,
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft 0.21 still calls transformers' deprecated `is_gradient_checkpointing`.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        return get_peft_model(model, config)
 
 
 def fine_tune(
-    trial: optuna.Trial, hp: dict[str, Any], cfg: TextClassificationConfig, res: Resources
+    trial: optuna.Trial,
+    hp: dict[str, Any],
+    cfg: TextClassificationConfig,
+    res: Resources,
+    *,
+    use_prefix_cache: bool = True,
 ) -> float:
     """Train one configuration, reporting ``cfg.metric`` at each fidelity step.
+
+    ``use_prefix_cache=False`` recomputes the frozen layers at every step (same results,
+    slower): the reference the cache is tested against.
 
     Raises:
         optuna.TrialPruned: when the pruner stops the trial (user attrs are set first).
@@ -373,7 +385,7 @@ def fine_tune(
         raise ValueError(f"freeze_layers={k} needs a BERT-style encoder; {type(model).__name__}")
     if lora:
         model = _apply_lora(model, hp, k, n_layers)
-    use_cache = bool(frozen) and not lora and cfg.prefix_cache_mb >= 0 and splittable
+    use_cache = bool(frozen) and not lora and splittable and use_prefix_cache
 
     # Inputs: token ids, or the frozen prefix's outputs computed once.
     t_prefix = time.perf_counter()
@@ -464,7 +476,7 @@ def fine_tune(
                     train_seconds += time.perf_counter() - t0
                     record(None)
                     raise FloatingPointError(
-                        f"training loss is {float(loss)} after {seen} examples "
+                        f"training loss is {loss.detach().item()} after {seen} examples "
                         f"(learning_rate={hp['learning_rate']:.3g})"
                     )
                 optimizer.zero_grad(set_to_none=True)

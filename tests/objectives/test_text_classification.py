@@ -1,0 +1,288 @@
+"""The text-classification objective on a tiny BERT: fidelity steps, freezing, caches, LoRA."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from objectives.data import DatasetConfig
+from objectives.data import load_splits
+from objectives.models import PrefixCache
+from objectives.models import clear_resources
+from objectives.models import get_resources
+from objectives.text_classification import TextClassificationConfig
+from objectives.text_classification import objective
+from objectives.text_classification import resolve_params
+from objectives.text_classification import validate_space
+from objectives.training import _suffix_only
+from objectives.training import compute_prefix
+from objectives.training import evaluate
+from objectives.training import macro_f1
+from objectives.training import plan_segments
+
+
+@pytest.fixture
+def cfg(tiny_model: str, data_csv: Path) -> TextClassificationConfig:
+    return TextClassificationConfig.from_dict(
+        {
+            "model": tiny_model,
+            "dataset": {"path": str(data_csv)},
+            "max_length": 32,
+            "epochs": 2,
+            "evals_per_epoch": 2,
+            "cache_dir": None,
+        }
+    )
+
+
+def run_trial(cfg: TextClassificationConfig, params: dict[str, Any]) -> optuna.trial.FrozenTrial:
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    trial = study.ask()
+    value = objective(trial, params, cfg)
+    return study.tell(trial, value)
+
+
+def test_reports_at_the_same_example_counts_whatever_the_batch_size(cfg: TextClassificationConfig) -> None:
+    small = run_trial(cfg, {"batch_size": 4, "learning_rate": 1e-3})
+    large = run_trial(cfg, {"batch_size": 16, "learning_rate": 1e-3})
+    n_train = load_splits(cfg.dataset, cfg.seed).info["sizes"]["train"]
+    expected = [n_train // 2, n_train, n_train + n_train // 2, 2 * n_train]
+    assert sorted(small.intermediate_values) == expected
+    assert sorted(large.intermediate_values) == expected
+
+
+def test_returns_best_value_and_records_attributes(cfg: TextClassificationConfig) -> None:
+    trial = run_trial(cfg, {"batch_size": 8, "learning_rate": 1e-3, "freeze_layers": 1})
+    a = trial.user_attrs
+    assert trial.value == pytest.approx(min(trial.intermediate_values.values()))
+    assert trial.intermediate_values[a["best_step"]] == pytest.approx(trial.value)
+    for key in ("val_accuracy", "val_f1", "examples_seen", "train_seconds", "trainable_params",
+                "total_params", "planned_examples", "history"):
+        assert key in a, key
+    assert a["examples_seen"] == a["planned_examples"] == max(trial.intermediate_values)
+    assert 0 < a["trainable_params"] < a["total_params"]
+    assert [h["step"] for h in a["history"]] == sorted(trial.intermediate_values)
+
+
+def test_maximizing_metric_returns_the_highest_value(cfg: TextClassificationConfig) -> None:
+    cfg = dataclasses.replace(cfg, metric="val_accuracy")
+    trial = run_trial(cfg, {"batch_size": 8, "learning_rate": 1e-3})
+    assert trial.value == pytest.approx(max(trial.intermediate_values.values()))
+
+
+def test_frozen_layers_get_no_gradient_and_no_optimizer_state(cfg: TextClassificationConfig) -> None:
+    full = run_trial(cfg, {"freeze_layers": 0, "batch_size": 8})
+    one = run_trial(cfg, {"freeze_layers": 1, "batch_size": 8})
+    head = run_trial(cfg, {"freeze_layers": 2, "batch_size": 8})
+    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
+    base = res.base_model.base_model
+    n_emb = sum(p.numel() for p in base.embeddings.parameters())
+    n_layer = sum(p.numel() for p in base.encoder.layer[0].parameters())
+    assert full.user_attrs["trainable_params"] == full.user_attrs["total_params"]
+    assert one.user_attrs["trainable_params"] == full.user_attrs["trainable_params"] - n_emb - n_layer
+    assert head.user_attrs["trainable_params"] == one.user_attrs["trainable_params"] - n_layer
+    assert one.user_attrs["prefix_cached"] and head.user_attrs["prefix_cached"]
+
+
+def test_base_model_is_never_trained(cfg: TextClassificationConfig) -> None:
+    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
+    before = {k: v.clone() for k, v in res.base_model.state_dict().items()}
+    run_trial(cfg, {"batch_size": 8, "learning_rate": 1e-2})
+    after = res.base_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_prefix_cache_matches_uncached_logits_and_loss(cfg: TextClassificationConfig, k: int) -> None:
+    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
+    model = copy.deepcopy(res.base_model)
+    model.eval()
+    enc = res.encoded["validation"]
+    n = len(res.splits.label_names)
+    plain = evaluate(model, enc.ids, enc.labels, n, 16, res.pad_id, _null, cached=False)
+    prefix = compute_prefix(model, enc, k, res.pad_id, 7, _null)
+    with _suffix_only(model, k):
+        cached = evaluate(model, prefix, enc.labels, n, 16, res.pad_id, _null, cached=True)
+    assert cached.loss == pytest.approx(plain.loss, abs=1e-5)
+    np.testing.assert_array_equal(cached.predictions, plain.predictions)
+    # The model is whole again afterwards.
+    assert len(model.base_model.encoder.layer) == 2
+
+
+def test_cached_and_uncached_training_agree(cfg: TextClassificationConfig) -> None:
+    """Same frozen depth with the prefix cache on and off: the same validation losses."""
+    from objectives import training
+
+    params = resolve_params({"freeze_layers": 1, "batch_size": 8, "learning_rate": 1e-3})
+    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
+    curves = []
+    for use_cache in (True, False):
+        study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+        trial = study.ask()
+        training.fine_tune(trial, params, cfg, res, use_prefix_cache=use_cache)
+        frozen = study._storage.get_trial(trial._trial_id)
+        assert frozen.user_attrs["prefix_cached"] is use_cache
+        curves.append(frozen.intermediate_values)
+    assert curves[0].keys() == curves[1].keys()
+    for step in curves[0]:
+        assert curves[0][step] == pytest.approx(curves[1][step], abs=1e-4)
+
+
+def test_prefix_cache_is_reused_and_bounded(cfg: TextClassificationConfig) -> None:
+    clear_resources()
+    run_trial(cfg, {"freeze_layers": 1, "batch_size": 8})
+    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
+    assert len(res.prefix_cache.keys()) == 1
+    second = run_trial(cfg, {"freeze_layers": 1, "batch_size": 8})
+    assert second.user_attrs["prefix_seconds"] < 0.05  # a dictionary lookup, not a forward pass
+
+    cache = PrefixCache(max_bytes=100)
+    cache.put("a", 1, 60)
+    cache.put("b", 2, 30)
+    assert cache.get("a") == 1  # a is now the most recently used
+    cache.put("c", 3, 30)
+    assert cache.keys() == ["a", "c"] and cache.nbytes <= 100
+    cache.put("huge", 4, 1000)
+    assert cache.get("huge") is None
+
+
+def test_caches_are_not_shared_across_models_lengths_or_data(
+    cfg: TextClassificationConfig, tmp_path: Path
+) -> None:
+    from conftest import make_rows
+    from conftest import write_csv
+
+    splits = load_splits(cfg.dataset, cfg.seed)
+    a = get_resources(cfg.model, splits, 32, None, 1024)
+    b = get_resources(cfg.model, splits, 16, None, 1024)
+    other = load_splits(DatasetConfig(path=str(write_csv(tmp_path / "o.csv", make_rows(60, 1)))), 0)
+    c = get_resources(cfg.model, other, 32, None, 1024)
+    assert len({a.key, b.key, c.key}) == 3
+    assert a.prefix_cache is not b.prefix_cache is not c.prefix_cache
+    assert max(b.encoded["train"].lengths) <= 16
+
+
+def test_token_cache_on_disk_round_trips(cfg: TextClassificationConfig, tmp_path: Path) -> None:
+    splits = load_splits(cfg.dataset, cfg.seed)
+    clear_resources()
+    first = get_resources(cfg.model, splits, 32, str(tmp_path), 1024)
+    assert list((tmp_path / "tokens").glob("*.npz"))
+    clear_resources()
+    second = get_resources(cfg.model, splits, 32, str(tmp_path), 1024)
+    for name in ("train", "validation", "test"):
+        assert all(
+            np.array_equal(x, y)
+            for x, y in zip(first.encoded[name].ids, second.encoded[name].ids, strict=True)
+        )
+
+
+def test_lora_trains_only_adapters_and_head(cfg: TextClassificationConfig) -> None:
+    trial = run_trial(cfg, {"r": 4, "lora_alpha": 8, "target_modules": "query,value",
+                            "batch_size": 8, "learning_rate": 1e-2})
+    a = trial.user_attrs
+    # 2 layers x 2 modules x (32*4 + 4*32) adapter weights + classifier head (32*2+2)
+    # + pooler is frozen by peft's SEQ_CLS wrapper.
+    assert a["trainable_params"] == 2 * 2 * (32 * 4 + 4 * 32) + 32 * 2 + 2
+    assert not a["prefix_cached"]
+
+
+def test_pruned_trial_records_what_it_trained(cfg: TextClassificationConfig) -> None:
+    class AlwaysPrune(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            return True
+
+    study = optuna.create_study(pruner=AlwaysPrune())
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        objective(trial, {"batch_size": 8}, cfg)
+    frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert frozen.user_attrs["examples_seen"] == min(frozen.intermediate_values)
+    assert frozen.user_attrs["planned_examples"] == 4 * frozen.user_attrs["examples_seen"]
+
+
+def test_nan_loss_fails_the_trial_with_a_reason(cfg: TextClassificationConfig) -> None:
+    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
+    weight = res.base_model.classifier.weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight[0, 0] = float("nan")  # a corrupt checkpoint: every logit of class 0 is NaN
+    try:
+        study = optuna.create_study()
+        trial = study.ask()
+        with pytest.raises(FloatingPointError, match=r"^training loss is nan after 0 examples"):
+            objective(trial, {"batch_size": 8}, cfg)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
+def test_test_split_is_never_touched(cfg: TextClassificationConfig) -> None:
+    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
+
+    class Untouchable:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError("the search touched the test split")
+
+        def __len__(self) -> int:
+            raise AssertionError("the search touched the test split")
+
+    saved = res.encoded["test"]
+    res.encoded["test"] = Untouchable()  # type: ignore[assignment]
+    try:
+        run_trial(cfg, {"batch_size": 8, "freeze_layers": 1})
+    finally:
+        res.encoded["test"] = saved
+
+
+def test_validate_space_checks_the_model_depth(cfg: TextClassificationConfig) -> None:
+    from optuna.distributions import CategoricalDistribution
+    from optuna.distributions import IntDistribution
+
+    validate_space(cfg, {"freeze_layers": IntDistribution(0, 2)})
+    with pytest.raises(ValueError, match=r"^freeze_layers: 3 is beyond the model's 2 encoder layers"):
+        validate_space(cfg, {"freeze_layers": IntDistribution(0, 3)})
+    with pytest.raises(ValueError, match="^momentum: not a hyperparameter"):
+        validate_space(cfg, {"momentum": IntDistribution(0, 3)})
+    with pytest.raises(ValueError, match="^target_modules: 'mlp' is not a module"):
+        validate_space(cfg, {"target_modules": CategoricalDistribution(["query,mlp"])})
+
+
+def test_segments_cover_each_epoch_exactly_once() -> None:
+    segments = plan_segments(10, epochs=2, evals_per_epoch=3, seed=0)
+    assert [len(s) for s in segments] == [4, 3, 3, 4, 3, 3]
+    assert sorted(np.concatenate(segments[:3])) == list(range(10))
+    assert not np.array_equal(np.concatenate(segments[:3]), np.concatenate(segments[3:]))
+
+
+def test_macro_f1() -> None:
+    y = np.array([0, 0, 1, 1])
+    assert macro_f1(y, y, 2) == 1.0
+    assert macro_f1(y, np.array([0, 0, 0, 0]), 2) == pytest.approx((2 / 3 + 0) / 2)
+    assert math.isclose(macro_f1(y, 1 - y, 2), 0.0)
+
+
+def _null() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+@pytest.mark.slow
+def test_packaged_minilm_on_rotten_tomatoes_learns() -> None:
+    """The real model on real data, a few steps: validation loss goes down."""
+    cfg = TextClassificationConfig.from_dict(
+        {"model": "minilm", "dataset": {"name": "rotten_tomatoes", "max_examples": 300},
+         "epochs": 1, "evals_per_epoch": 2, "cache_dir": None}
+    )
+    trial = run_trial(cfg, {"freeze_layers": 3, "batch_size": 16, "learning_rate": 3e-4})
+    values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
+    assert values[-1] < values[0] < 0.75
+    assert trial.user_attrs["total_params"] > 22_000_000
