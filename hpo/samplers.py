@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -18,8 +19,13 @@ __all__ = ["build_pruner", "build_sampler"]
 
 
 def _construct(kind: str, name: str, cls: Any, options: dict[str, Any]) -> Any:
+    import optuna
+
     try:
-        return cls(**options)
+        with warnings.catch_warnings():
+            # QMC, GP and the patient pruner are "experimental" in optuna 5; we offer them anyway.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return cls(**options)
     except TypeError as exc:
         # e.g. "__init__() got an unexpected keyword argument 'x'"
         detail = str(exc).split(") ", 1)[-1]
@@ -48,7 +54,21 @@ def build_sampler(cfg: SamplerConfig, seed: int | None, space: SearchSpace) -> o
     }
     if cfg.name == "grid":
         options["search_space"] = space.grid(options.get("search_space"))
+        classes["grid"] = _budgeted_grid_sampler()
     return _construct("sampler", cfg.name, classes[cfg.name], options)
+
+
+def _budgeted_grid_sampler() -> type:
+    import optuna
+
+    class GridSampler(optuna.samplers.GridSampler):
+        """Optuna's grid sampler without its ``study.stop()``: the study's budget stops workers
+        (``stop`` only works inside ``optimize``, and a worker asks and tells instead)."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return GridSampler
 
 
 def build_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:

@@ -100,7 +100,7 @@ def objective(trial: optuna.Trial, params: dict[str, Any], cfg: ToyConfig) -> fl
     """Score ``params`` as a quadratic around 0.3, reported over ``cfg.n_steps`` steps."""
     if params.get("fail"):
         raise RuntimeError("this configuration fails on purpose (param fail=true)")
-    numbers = [float(v) for v in params.values() if isinstance(v, int | float)]
+    numbers = [float(v) for v in params.values() if isinstance(v, int | float) and not isinstance(v, bool)]
     final = sum((x - 0.3) ** 2 for x in numbers)
     start, history = _resume(trial, cfg)
     for entry in history:
