@@ -26,7 +26,7 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 demo: setup
-	$(HPO) run --config examples/demo.yaml
+	$(HPO) run --config examples/demo.yaml --report report.html
 
 test: setup browser
 	$(PY) -m pytest -q

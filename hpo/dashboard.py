@@ -14,8 +14,17 @@ __all__ = ["serve"]
 def serve(url: str, host: str, port: int) -> None:
     """Serve optuna-dashboard for ``url`` until interrupted.
 
+    Args:
+        url:
+            The storage URL; its password is never printed.
+        host:
+            The address to listen on.
+        port:
+            The port to listen on.
+
     Raises:
-        HPOError: optuna-dashboard is not installed.
+        HPOError: optuna-dashboard is not installed (the ``dashboard`` extra of hpo).
+        StorageError: the storage cannot be opened.
     """
     if importlib.util.find_spec("optuna_dashboard") is None:
         raise HPOError("optuna-dashboard is not installed: pip install optuna-dashboard")

@@ -43,16 +43,6 @@ def find_chromium() -> str | None:
     return None
 
 
-def redact(url: str) -> str:
-    """Hide the password of a storage URL (``sqlite:///x.db`` has none)."""
-    import sqlalchemy.engine
-
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL (e.g. a journal file): show no secret
-        return url.split("://", 1)[0] + "://***" if "@" in url else url
-
-
 def screenshot(html_path: pathlib.Path, png_path: pathlib.Path, width: int = 1280) -> list[str]:
     """Open ``html_path`` from disk, wait for every figure, and save a full-page PNG.
 
@@ -105,12 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     from hpo.report import write_report
+    from hpo.storage import redact_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=args.study, storage=args.storage)
     with tempfile.TemporaryDirectory() as tmp:
         html_path = pathlib.Path(args.html) if args.html else pathlib.Path(tmp) / "report.html"
-        write_report(study, html_path, storage_label=redact(args.storage))
+        write_report(study, html_path, storage_label=redact_url(args.storage))
         errors = screenshot(html_path, pathlib.Path(args.output), width=args.width)
     for error in errors:
         print(f"console error: {error}", file=sys.stderr)

@@ -310,3 +310,19 @@ def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path: Path) -> None:
     assert optuna.trial.TrialState.RUNNING not in states
     waiting = study.trials[-1]
     assert waiting.params == interrupted[0].params
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path: Path) -> None:
+    assert invoke("run", "--config", str(toy_config(tmp_path))).exit_code == 0
+    changed = toy_config(tmp_path, n_steps=9)
+    result = CliRunner().invoke(cli, ["run", "--config", str(changed)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "Error: study 'toy' exists with a different n_steps; use a new study name, "
+        "or the same config to resume it"
+    )
+    # Budget, sampler and pruner may change on resume.
+    more = toy_config(tmp_path, n_trials=6, sampler="tpe")
+    assert invoke("run", "--config", str(more)).exit_code == 0
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'toy.db'}")
+    assert len(study.trials) == 6 and study.user_attrs["hpo_config"]["n_trials"] == 6

@@ -15,163 +15,31 @@ from typing import Any
 
 import optuna
 import pytest
+from _studies import T0
+from _studies import XSS
+from _studies import demo_study
+from _studies import hpo_study
+from _studies import make_trial
+from _studies import xss_study
 from optuna.distributions import CategoricalDistribution
 from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
-from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from hpo import report
+from hpo.report import _figures
+from hpo.report import _info
+from hpo.report import _study
+from hpo.report import _summary
+from hpo.report import _tables
 
 STORAGE_MODES = ["inmemory", "sqlite"]
-XSS = "<script>alert(1)</script>"
-T0 = datetime.datetime(2026, 1, 1, 12, 0, 0)
-STEPS = [240, 480, 720, 960]  # examples seen at each evaluation; 960 = a full run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # ----------------------------------------------------------------------------------------------
-# Builders of studies that follow our conventions (the browser test loads them from here too).
+# Helpers.
 # ----------------------------------------------------------------------------------------------
-
-SPACE = {
-    "learning_rate": {"type": "float", "low": 1e-5, "high": 5e-4, "log": True},
-    "finetuning": {"type": "categorical", "choices": ["lora", "full"]},
-    "lora_alpha": {"type": "int", "low": 8, "high": 64, "condition": {"finetuning": "lora"}},
-}
-DISTRIBUTIONS = {
-    "learning_rate": FloatDistribution(1e-5, 5e-4, log=True),
-    "finetuning": CategoricalDistribution(["lora", "full"]),
-    "lora_alpha": IntDistribution(8, 64),
-}
-
-
-def make_trial(
-    number: int,
-    state: TrialState = TrialState.COMPLETE,
-    *,
-    learning_rate: float = 1e-4,
-    finetuning: str = "lora",
-    n_evals: int = len(STEPS),
-    base_loss: float = 0.5,
-    worker: int = 0,
-    start_s: float | None = None,
-    seconds_per_eval: float = 10.0,
-    **attrs: Any,
-) -> FrozenTrial:
-    """One trial as our objective stores it: the value is val_loss at the last evaluation."""
-    params: dict[str, Any] = {"learning_rate": learning_rate, "finetuning": finetuning}
-    if finetuning == "lora":
-        params["lora_alpha"] = 16
-    history = [
-        {
-            "step": step,
-            "val_loss": base_loss + 0.4 / (k + 1),
-            "val_accuracy": 0.9 - base_loss / 4 - 0.05 / (k + 1),
-            "val_f1": 0.8 - base_loss / 4,
-            "seconds": seconds_per_eval * (k + 1),
-        }
-        for k, step in enumerate(STEPS[:n_evals])
-    ]
-    last = history[-1]
-    user_attrs = {
-        "val_loss": last["val_loss"],
-        "val_accuracy": last["val_accuracy"],
-        "val_f1": last["val_f1"],
-        "best_step": last["step"],
-        "examples_seen": last["step"],
-        "planned_examples": STEPS[-1],
-        "train_seconds": seconds_per_eval * n_evals,
-        "trainable_params": 300_000 if finetuning == "lora" else 22_000_000,
-        "total_params": 22_000_000,
-        "history": history,
-        "worker": {"host": "node1", "pid": 100 + worker, "id": f"w{worker}"},
-        **attrs,
-    }
-    trial = optuna.create_trial(
-        state=state,
-        value=last["val_loss"] if state == TrialState.COMPLETE else None,
-        params=params,
-        distributions={k: DISTRIBUTIONS[k] for k in params},
-        intermediate_values={h["step"]: h["val_loss"] for h in history},
-        user_attrs=user_attrs,
-    )
-    start = T0 + datetime.timedelta(seconds=60 * number if start_s is None else start_s)
-    trial.datetime_start = start
-    trial.datetime_complete = start + datetime.timedelta(seconds=seconds_per_eval * n_evals)
-    return trial
-
-
-def hpo_study(
-    storage: str | optuna.storages.BaseStorage | None = None,
-    name: str = "sst2-lora",
-    directions: list[str] | None = None,
-) -> optuna.Study:
-    """An empty study with the study attributes our runner stores."""
-    study = optuna.create_study(
-        storage=storage, study_name=name, directions=directions or ["minimize"]
-    )
-    config = {
-        "study": name,
-        "objective": "lora_classification",
-        "model": "minilm",
-        "dataset": {"name": "rotten_tomatoes", "text_column": "text", "label_column": "label"},
-        "metric": "val_loss",
-        "direction": "minimize",
-        "sampler": {"name": "TPESampler", "seed": 0},
-        "pruner": {"name": "MedianPruner", "n_startup_trials": 3},
-        "n_trials": 20,
-    }
-    study.set_user_attr("hpo_config", config)
-    study.set_user_attr("search_space", SPACE)
-    study.set_user_attr("data_fingerprint", "fp-0123abcd")
-    study.set_user_attr("data", {"sizes": {"train": 960, "validation": 120, "test": 120}})
-    study.set_user_attr("versions", {"optuna": optuna.__version__})
-    study.set_user_attr("created_at", T0.isoformat())
-    return study
-
-
-def demo_study(storage: Any = None, name: str = "sst2-lora", n: int = 12) -> optuna.Study:
-    """A finished study: complete and pruned trials over two workers, LoRA and full."""
-    study = hpo_study(storage, name)
-    trials = []
-    for i in range(n):
-        pruned = i % 3 == 2
-        trials.append(
-            make_trial(
-                i,
-                TrialState.PRUNED if pruned else TrialState.COMPLETE,
-                learning_rate=10 ** (-5 + 1.5 * ((i * 7) % n) / n),
-                finetuning="lora" if i % 2 else "full",
-                n_evals=2 if pruned else 4,
-                base_loss=0.3 + ((i * 5) % n) / (2 * n),
-                worker=i % 2,
-                start_s=(i // 2) * 45,
-            )
-        )
-    study.add_trials(trials)
-    return study
-
-
-def xss_study(storage: Any = None) -> optuna.Study:
-    """A study whose every user string is a script."""
-    study = hpo_study(storage, name=XSS)
-    study.set_user_attr("hpo_config", {"study": XSS, "model": XSS, "dataset": {"path": XSS}})
-    study.set_user_attr("search_space", {XSS: {"type": "categorical", "choices": [XSS, "b"]}})
-    study.set_user_attr("data_fingerprint", XSS)
-    dist = {XSS: CategoricalDistribution([XSS, "b"]), "x": FloatDistribution(0, 1)}
-    for i in range(6):
-        study.add_trial(
-            optuna.create_trial(
-                value=float(i % 4),
-                params={XSS: [XSS, "b"][i % 2], "x": i / 10},
-                distributions=dist,
-                intermediate_values={10: 1.0, 20: 0.5},
-                user_attrs={"worker": {"host": XSS, "pid": XSS}, "warm_start_from": XSS},
-            )
-        )
-    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": XSS}))
-    return study
 
 
 @contextmanager
@@ -215,7 +83,7 @@ def test_history_info_tracks_best_so_far() -> None:
     for loss in [0.5, 0.7, 0.3, 0.3, 0.6]:
         study.add_trial(optuna.create_trial(value=loss))
     study.add_trial(make_trial(5, TrialState.PRUNED, n_evals=1))
-    info = report._get_history_info(study)
+    info = _info._get_history_info(study)
     assert info is not None
     assert info.numbers == [0, 1, 2, 3, 4]
     assert info.best_so_far == [0.5, 0.5, 0.3, 0.3, 0.3]
@@ -227,7 +95,7 @@ def test_history_info_maximize() -> None:
     study = optuna.create_study(direction="maximize")
     for value in [0.5, 0.7, 0.6]:
         study.add_trial(optuna.create_trial(value=value))
-    info = report._get_history_info(study)
+    info = _info._get_history_info(study)
     assert info is not None
     assert info.best_so_far == [0.5, 0.7, 0.7]
     assert (info.best_number, info.n_since_best, info.metric_name) == (1, 1, "objective value")
@@ -235,7 +103,7 @@ def test_history_info_maximize() -> None:
 
 def test_learning_curves_info_uses_history_with_states() -> None:
     study = demo_study(n=3)
-    info = report._get_learning_curves_info(study)
+    info = _info._get_learning_curves_info(study)
     assert (info.metric_name, info.source) == ("val_loss", "history")
     assert [(c.number, c.state) for c in info.curves] == [
         (0, "COMPLETE"),
@@ -252,7 +120,7 @@ def test_learning_curves_info_falls_back_to_intermediate_values() -> None:
     set_metric_names(study, ["val_accuracy"])
     study.add_trial(optuna.create_trial(value=0.8, intermediate_values={100: 0.6, 50: 0.5}))
     study.add_trial(optuna.create_trial(state=TrialState.FAIL))
-    info = report._get_learning_curves_info(study)
+    info = _info._get_learning_curves_info(study)
     assert (info.metric_name, info.source) == ("val_accuracy", "intermediate_values")
     assert [(c.number, c.steps, c.values) for c in info.curves] == [(0, [50, 100], [0.5, 0.6])]
 
@@ -261,14 +129,14 @@ def test_learning_curves_info_shows_a_running_trial_before_its_history() -> None
     study = demo_study(n=2)
     running = study.ask()
     running.report(0.95, 240)
-    info = report._get_learning_curves_info(study)
+    info = _info._get_learning_curves_info(study)
     assert (info.curves[-1].number, info.curves[-1].state) == (running.number, "RUNNING")
     assert (info.curves[-1].steps, info.curves[-1].values) == ([240], [0.95])
 
 
 def test_learning_curves_figure_draws_pruned_trials_dotted_in_few_traces() -> None:
-    info = report._get_learning_curves_info(demo_study(n=30))
-    fig = report._learning_curves_figure(info)
+    info = _info._get_learning_curves_info(demo_study(n=30))
+    fig = _figures._learning_curves_figure(info)
     lines = {trace.name: trace.line.dash for trace in fig.data}
     assert lines == {"complete": None, "pruned": "dot", f"best: trial {info.best_numbers[0]}": None}
 
@@ -276,9 +144,9 @@ def test_learning_curves_figure_draws_pruned_trials_dotted_in_few_traces() -> No
 def test_parallel_figure_keeps_the_best_trials_and_the_metric_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(report, "_MAX_PARALLEL_TRIALS", 3)
+    monkeypatch.setattr(_figures, "_MAX_PARALLEL_TRIALS", 3)
     study = demo_study()
-    fig = report._parallel_figure(study, ["learning_rate", "finetuning"])
+    fig = _figures._parallel_figure(study, ["learning_rate", "finetuning"])
     assert fig.layout.xaxis.ticktext[0] == "val_loss"
     assert len([t for t in fig.data if t.mode == "lines"]) == 3  # one line per trial
 
@@ -292,7 +160,7 @@ def test_budget_info_counts_examples_and_pruning_savings() -> None:
             make_trial(2, TrialState.PRUNED, n_evals=3, planned_examples=1000),  # 720, 280 saved
         ]
     )
-    budget = report._get_budget_info(study)
+    budget = _summary._get_budget_info(study)
     assert budget.examples_trained == 960 + 240 + 720
     assert budget.examples_saved == 720 + 280
     assert budget.examples_pruned_planned == 960 + 1000
@@ -305,14 +173,14 @@ def test_budget_info_estimates_from_steps_without_our_attributes() -> None:
     study = optuna.create_study()
     study.add_trial(optuna.create_trial(value=1.0, intermediate_values={100: 1.0, 200: 0.9}))
     study.add_trial(optuna.create_trial(state=TrialState.PRUNED, intermediate_values={100: 2.0}))
-    budget = report._get_budget_info(study)
+    budget = _summary._get_budget_info(study)
     assert (budget.examples_trained, budget.examples_saved, budget.estimated) == (300, 100, True)
     assert budget.seconds_saved is None
 
 
 def test_summary_info_of_a_hpo_study() -> None:
     study = demo_study(n=6)
-    info = report._get_summary_info(study, "sqlite:///studies.db", now=T0)
+    info = _summary._get_summary_info(study, "sqlite:///studies.db", now=T0)
     assert info.n_trials_by_state == {
         "COMPLETE": 4,
         "PRUNED": 2,
@@ -341,7 +209,7 @@ def test_summary_info_of_a_hpo_study() -> None:
 
 def test_summary_info_of_a_plain_study() -> None:
     study = optuna.create_study(study_name="plain")
-    info = report._get_summary_info(study, "in-memory")
+    info = _summary._get_summary_info(study, "in-memory")
     assert (info.objective, info.sampler, info.dataset, info.data_fingerprint) == (None,) * 4
     assert (info.best_numbers, info.best_values, info.wall_seconds, info.n_workers) == (
         [],
@@ -349,7 +217,7 @@ def test_summary_info_of_a_plain_study() -> None:
         None,
         None,
     )
-    assert info.budget == report._BudgetInfo(0, 0, 0, None, False)
+    assert info.budget == _summary._BudgetInfo(0, 0, 0, None, False)
 
 
 def test_importances_info_ranks_the_parameter_that_matters() -> None:
@@ -363,7 +231,7 @@ def test_importances_info_ranks_the_parameter_that_matters() -> None:
                 distributions={"x": FloatDistribution(0, 1), "y": FloatDistribution(0, 1)},
             )
         )
-    info = report._get_importances_info(study)
+    info = _info._get_importances_info(study)
     assert info.param_names[0] == "x"
     assert sum(info.importances) == pytest.approx(1.0)
     assert (info.evaluator, info.n_trials) == ("PED-ANOVA", 40)
@@ -371,7 +239,7 @@ def test_importances_info_ranks_the_parameter_that_matters() -> None:
 
 def test_importances_info_too_few_trials_gives_a_note() -> None:
     study = demo_study(n=2)
-    info = report._get_importances_info(study)
+    info = _info._get_importances_info(study)
     assert info.param_names == []
     assert info.notes == ["2 complete trial(s); importances need at least 4."]
 
@@ -384,7 +252,7 @@ def test_importances_info_turns_warnings_into_notes() -> None:
                 value=1.0, params={"x": x}, distributions={"x": FloatDistribution(0, 1)}
             )
         )
-    info = report._get_importances_info(study)  # would raise under -W error if not caught
+    info = _info._get_importances_info(study)  # would raise under -W error if not caught
     assert info.param_names == ["x"]
     assert info.notes == [
         "Target and region quantiles select the same set of trials. "
@@ -394,21 +262,21 @@ def test_importances_info_turns_warnings_into_notes() -> None:
 
 def test_contour_info_picks_two_most_important_varying_params() -> None:
     study = demo_study()
-    importances = report._ImportancesInfo(
+    importances = _info._ImportancesInfo(
         ["lora_alpha", "finetuning", "learning_rate"], [0.5, 0.3, 0.2], "x", 8, [], 0.0
     )
     # lora_alpha is always 16: it doesn't vary, so the contour skips it.
-    info = report._get_contour_info(study, importances)
+    info = _info._get_contour_info(study, importances)
     assert info.params == ["finetuning", "learning_rate"]
     assert info.n_trials == 8
-    assert report._get_contour_info(demo_study(n=1)).params == []
+    assert _info._get_contour_info(demo_study(n=1)).params == []
 
 
 def test_timeline_info_groups_by_worker_and_ends_running_trials_now() -> None:
     study = demo_study(n=4)
     running = study.ask()  # starts now, has no worker
     now = datetime.datetime.now() + datetime.timedelta(seconds=5)
-    info = report._get_timeline_info(study, now=now)
+    info = _info._get_timeline_info(study, now=now)
     assert info.workers == ["node1:100", "node1:101", "(not recorded)"]
     assert [(b.number, b.worker) for b in info.bars[:2]] == [(0, "node1:100"), (1, "node1:101")]
     assert info.bars[-1].number == running.number
@@ -418,7 +286,7 @@ def test_timeline_info_groups_by_worker_and_ends_running_trials_now() -> None:
 
 def test_efficiency_info_of_complete_and_pruned_trials() -> None:
     study = demo_study(n=3)
-    info = report._get_efficiency_info(study)
+    info = _info._get_efficiency_info(study)
     assert (info.score_name, info.seconds_source) == ("val_accuracy", "train_seconds")
     points = {p.number: p for p in info.points}
     assert points[1].trainable_params == 300_000
@@ -433,21 +301,21 @@ def test_efficiency_info_falls_back_to_objective_and_duration() -> None:
     trial.datetime_start = T0
     trial.datetime_complete = T0 + datetime.timedelta(seconds=3)
     study.add_trial(trial)
-    info = report._get_efficiency_info(study)
+    info = _info._get_efficiency_info(study)
     assert (info.score_name, info.seconds_source) == ("objective value", "trial duration")
-    assert info.points == [report._EfficiencyPoint(0, "COMPLETE", 0.25, None, 3.0)]
+    assert info.points == [_info._EfficiencyPoint(0, "COMPLETE", 0.25, None, 3.0)]
 
 
 def test_pareto_front_info() -> None:
     study = optuna.create_study(directions=["minimize", "maximize"])
     for values in [(1.0, 1.0), (2.0, 3.0), (2.5, 2.0), (0.5, 0.5)]:
         study.add_trial(optuna.create_trial(values=list(values)))
-    info = report._get_pareto_front_info(study)
+    info = _info._get_pareto_front_info(study)
     assert info is not None
     assert info.front_numbers == [0, 1, 3]
     assert info.metric_names == ["objective 0", "objective 1"]
     assert info.directions == ["minimize", "maximize"]
-    assert report._get_pareto_front_info(demo_study(n=1)) is None
+    assert _info._get_pareto_front_info(demo_study(n=1)) is None
 
 
 def test_trials_table_info_orders_and_notes() -> None:
@@ -465,7 +333,7 @@ def test_trials_table_info_orders_and_notes() -> None:
         state=TrialState.WAITING, system_attrs={"failed_trial": 3, "retry_history": [3]}
     )
     study.add_trial(retry)
-    info = report._get_trials_table_info(study)
+    info = _tables._get_trials_table_info(study)
     assert [r.number for r in info.top] == [1, 0]
     assert info.top[0].notes == ["warm start from study sst2-old"]
     assert info.top[0].worker == "node1:100"
@@ -480,15 +348,15 @@ def test_trials_table_info_orders_and_notes() -> None:
 
 
 def test_search_space_info_from_the_stored_space_and_from_trials() -> None:
-    rows = report._get_search_space_info(hpo_study())
-    assert rows[0] == report._SearchSpaceRow("learning_rate", "float", "log [1e-05, 0.0005]", None)
+    rows = _tables._get_search_space_info(hpo_study())
+    assert rows[0] == _tables._SearchSpaceRow("learning_rate", "float", "log [1e-05, 0.0005]", None)
     assert rows[1].domain == "{'lora', 'full'}"
     assert rows[2].condition == "finetuning = 'lora'"
     plain = optuna.create_study()
     plain.add_trial(
         optuna.create_trial(value=1.0, params={"x": 2}, distributions={"x": IntDistribution(0, 5)})
     )
-    [row] = report._get_search_space_info(plain)
+    [row] = _tables._get_search_space_info(plain)
     assert (row.name, row.kind) == ("x", "int")
 
 
@@ -496,7 +364,7 @@ def test_snapshot_keeps_numbers_states_and_attributes(storage: Any) -> None:
     study = demo_study(storage, n=5)
     study.ask()
     study.enqueue_trial({"learning_rate": 1e-4})
-    snap = report._snapshot(study)
+    snap = _study._snapshot(study)
     assert [(t.number, t.state) for t in snap.trials] == [(t.number, t.state) for t in study.trials]
     assert snap.user_attrs == study.user_attrs
     assert snap.study_name == study.study_name

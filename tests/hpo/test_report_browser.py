@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
+import _studies as studies
 import optuna
 import pytest
 
@@ -27,7 +28,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def _load(path: pathlib.Path, name: str) -> ModuleType:
-    """Import a file by path: the study builders of test_report.py and the screenshot script."""
+    """Import a file by path: scripts/ is not a package."""
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -35,7 +36,6 @@ def _load(path: pathlib.Path, name: str) -> ModuleType:
     return module
 
 
-studies = _load(HERE / "test_report.py", "_report_studies")
 screenshot_script = _load(HERE.parents[1] / "scripts" / "screenshot_report.py", "_screenshot")
 
 # A drawn figure has its SVG and at least one drawn mark: a path (line, point, bar) in a trace.
