@@ -104,14 +104,26 @@ def _load(config_path: str, storage: str | None, **overrides: Any) -> Any:
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads (default: cores / local workers).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Also write the study's HTML report here at the end.")
+@click.option("--warm-start-from", help="Earlier study whose best trials run first.")
+@click.option("--warm-start-storage", help="Storage URL of that study (default: this study's).")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many of its best complete trials to enqueue.")
+@click.option("--allow", is_flag=True, help="Run even if the data checks find errors (leakage...).")
 @format_option
 @click.pass_context
 def run(ctx: click.Context, config_path: str, fmt: str, threads: int | None,
-        report_path: str | None, **overrides: Any) -> None:
+        report_path: str | None, warm_start_from: str | None, warm_start_storage: str | None,
+        top_k: int, allow: bool, **overrides: Any) -> None:
     """Run a study (create it, or resume it when it exists) and print the best trial."""
+    from hpo.checks import run_data_checks
     from hpo.runner import run_study
 
     cfg = _load(config_path, **overrides)
+    run_data_checks(cfg, allow)
+    if warm_start_from:
+        from hpo.warm_start import warm_start
+
+        warm_start(cfg, warm_start_from, top_k, warm_start_storage)
     summary = run_study(cfg, threads=threads, quiet=ctx.obj["quiet"])
     _print_summary(summary, cfg.metric, fmt)
     if report_path:
@@ -127,11 +139,14 @@ def run(ctx: click.Context, config_path: str, fmt: str, threads: int | None,
 
 @cli.command()
 @_config_options
-def create(config_path: str, **overrides: Any) -> None:
+@click.option("--allow", is_flag=True, help="Create it even if the data checks find errors.")
+def create(config_path: str, allow: bool, **overrides: Any) -> None:
     """Create a study with its config, search space and data fingerprint; run no trial."""
+    from hpo.checks import run_data_checks
     from hpo.study import create_study
 
     cfg = _load(config_path, **overrides)
+    run_data_checks(cfg, allow)
     study = create_study(cfg, exist_ok=False)
     click.echo(study.study_name)
 
@@ -249,6 +264,53 @@ def delete_study(storage: str | None, study: str, yes: bool) -> None:
         click.confirm(f"Delete study {study!r} and its {len(s.trials)} trials?", abort=True)
     optuna.delete_study(study_name=study, storage=s._storage)
     click.echo(f"deleted {study}")
+
+
+@cli.command(name="export")
+@storage_option
+@study_option()
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="New directory for the model, metrics.json, hpo_config.json and README.md.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Training seeds (the study's seed, +1, ...): mean ± std; the first is saved.")
+@click.option("--include-validation", is_flag=True,
+              help="Train on train + validation (said so in the metrics and model card).")
+@click.option("--merge", is_flag=True, help="LoRA: save the merged model instead of the adapter.")
+def export(storage: str | None, study: str, output: str, seeds: int, include_validation: bool,
+           merge: bool) -> None:
+    """Retrain the best trial, test it once on the test split and save it with a model card."""
+    from hpo.export import export_study
+
+    result = export_study(storage or DEFAULT_STORAGE, study, output, seeds=seeds,
+                          include_validation=include_validation, merge=merge)
+    click.echo(result.summary_line())
+
+
+@cli.command(name="check-data")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Study config YAML file.")
+@click.option("--seed", type=int, help="Seed of the splits (default: the config's).")
+@format_option
+@click.pass_context
+def check_data(ctx: click.Context, config_path: str, seed: int | None, fmt: str) -> None:
+    """Check a study's data: leakage, conflicting labels, duplicates, imbalance, length."""
+    import json
+
+    from hpo.checks import check_data as run_checks
+    from hpo.output import format_rows
+
+    findings = run_checks(_load(config_path, None, seed=seed))
+    rows = [f.to_dict() for f in findings]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(format_rows([{k: r[k] for k in ("severity", "code", "message")} for r in rows],
+                               fmt) if rows else "data checks: clean")
+    errors = sum(f.severity == "error" for f in findings)
+    if errors:
+        click.echo(f"{errors} error(s): hpo run stops on them; fix the data or pass --allow",
+                   err=True)
+        ctx.exit(2)
 
 
 def main() -> None:

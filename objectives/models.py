@@ -207,12 +207,17 @@ def get_resources(
     path = resolve_model_path(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     n = len(splits.label_names)
-    base = AutoModelForSequenceClassification.from_pretrained(
-        path,
-        num_labels=n,
-        id2label=dict(enumerate(splits.label_names)),
-        label2id={name: i for i, name in enumerate(splits.label_names)},
-    )
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        # A new classifier head must be the same in every process (run, worker, export).
+        torch.manual_seed(0)
+        base = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=n,
+            id2label=dict(enumerate(splits.label_names)),
+            label2id={name: i for i, name in enumerate(splits.label_names)},
+        )
     base.eval()
     for p in base.parameters():
         p.requires_grad_(False)

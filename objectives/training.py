@@ -18,11 +18,13 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import Literal
 
 import numpy as np
 import optuna
@@ -288,7 +290,12 @@ def _optimizer(model: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
         {"params": decay, "weight_decay": float(hp["weight_decay"])},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=float(hp["learning_rate"]))
+    # One fused kernel for all tensors (as HF Trainer's default `adamw_torch_fused`): on CPU
+    # torch's default is a per-tensor loop, 4x slower, ~15% of a full fine-tuning step.
+    fused = all(p.device.type in ("cpu", "cuda") for p in [*decay, *no_decay])
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=float(hp["learning_rate"]), fused=fused
+    )
 
 
 def _schedule(total: int, warmup: int, kind: str) -> Any:
@@ -345,11 +352,20 @@ def fine_tune(
     res: Resources,
     *,
     use_prefix_cache: bool = True,
+    stop_at: int | None = None,
+    train_on: Literal["train", "train+validation"] = "train",
+    on_model: Callable[[Any], None] | None = None,
 ) -> float:
     """Train one configuration, reporting ``cfg.metric`` at each fidelity step.
 
     ``use_prefix_cache=False`` recomputes the frozen layers at every step (same results,
     slower): the reference the cache is tested against.
+
+    The final retrain of ``hpo export`` uses the other keywords: ``stop_at`` stops after that
+    many training examples (the same run as the search's up to there: same order, batches and
+    learning-rate schedule); ``train_on="train+validation"`` trains on both splits, keeping the
+    search's schedule (planned on the training split); ``on_model`` is called with the trained
+    model (whole again, a peft model for LoRA) before the function returns.
 
     Raises:
         optuna.TrialPruned: when the pruner stops the trial (user attrs are set first).
@@ -360,8 +376,7 @@ def fine_tune(
 
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(cfg.deterministic)
     autocast = _autocast(cfg.precision)
     n_classes = len(res.splits.label_names)
     train_enc, val_enc = res.encoded["train"], res.encoded["validation"]
@@ -403,6 +418,10 @@ def fine_tune(
     else:
         train_inputs, val_inputs = train_enc.ids, val_enc.ids
     prefix_seconds = time.perf_counter() - t_prefix
+    train_labels = train_enc.labels
+    if train_on == "train+validation":
+        train_inputs = [*train_inputs, *val_inputs]
+        train_labels = np.concatenate([train_enc.labels, val_enc.labels])
     lengths = np.array([len(x) for x in train_inputs])
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -410,6 +429,8 @@ def fine_tune(
     optimizer = _optimizer(model, hp)
     segments = plan_segments(len(train_enc), cfg.epochs, cfg.evals_per_epoch, cfg.seed)
     total_steps = sum(math.ceil(len(s) / batch_size) for s in segments)
+    if train_on == "train+validation":
+        segments = plan_segments(len(train_inputs), cfg.epochs, cfg.evals_per_epoch, cfg.seed)
     warmup = int(round(float(hp["warmup_ratio"]) * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _schedule(total_steps, warmup, str(hp["lr_scheduler_type"]))
@@ -466,12 +487,18 @@ def fine_tune(
     context = _suffix_only(model, k) if use_cache else contextlib.nullcontext()
     with context:
         for seg_index in range(start_segment, len(segments)):
+            if stop_at is not None and seen >= stop_at:
+                break
             segment = segments[seg_index]
             t0 = time.perf_counter()
             for idx in _batches(segment, lengths, batch_size, rng):
+                if stop_at is not None:
+                    idx = idx[: max(stop_at - seen, 0)]
+                    if not len(idx):
+                        break
                 with autocast():
                     logits = _forward(model, [train_inputs[i] for i in idx], res.pad_id, use_cache)
-                loss = F.cross_entropy(logits.float(), torch.from_numpy(train_enc.labels[idx]))
+                loss = F.cross_entropy(logits.float(), torch.from_numpy(train_labels[idx]))
                 if not torch.isfinite(loss):
                     train_seconds += time.perf_counter() - t0
                     record(None)
@@ -520,5 +547,7 @@ def fine_tune(
     if cfg.checkpoint_dir is not None:
         path = _checkpoint_path(cfg, trial.study.study_name, trial.number)
         path.unlink(missing_ok=True)
+    if on_model is not None:
+        on_model(model)
     best = min(history, key=lambda h: sign * h[cfg.metric])
     return float(best[cfg.metric])

@@ -40,11 +40,10 @@ def write_csv(path: Path, rows: list[dict[str, str]], columns: tuple[str, str] =
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer BERT (hidden 32) with a WordPiece tokenizer, saved like a hub model."""
+    import torch
     from transformers import BertConfig
     from transformers import BertForSequenceClassification
     from transformers import BertTokenizerFast
-
-    import torch
 
     root = tmp_path_factory.mktemp("tiny-bert")
     words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["review"]))

@@ -1,0 +1,413 @@
+"""``hpo export``: from the best trial of a study to a tested, saved model.
+
+The best configuration is retrained for the number of training examples at which its
+validation value was best (the trial's ``best_step``), with the search's schedule, then
+evaluated exactly once per seed on the held-out test split. The output directory holds:
+
+==================  ===============================================================================
+``model.safetensors``, ``config.json``: the model (``save_pretrained``), or for LoRA the
+                    adapter (``adapter_model.safetensors``, ``adapter_config.json``), or with
+                    ``--merge`` the merged model
+tokenizer files     ``tokenizer.json`` and friends
+``metrics.json``    test accuracy, macro-F1, loss, per-class precision/recall/F1, confusion
+                    matrix; mean ± std and each seed's value
+``hpo_config.json`` the run: the study's config and search space, the trial, every
+                    hyperparameter, seeds, data splits, library versions
+``README.md``       a model card
+==================  ===============================================================================
+
+The run's config is ``hpo_config.json``, not ``config.json``: that name belongs to the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
+
+from hpo.errors import ConfigError
+from hpo.errors import DataMismatchError
+from hpo.errors import HPOInputError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from objectives.checks import Finding
+    from objectives.final import FinalResult
+
+__all__ = ["ExportError", "ExportResult", "export_study"]
+
+_LOG = logging.getLogger("hpo")
+_VALUE_TOLERANCE = 1e-4  # the retrain reproduces the search's validation value within this
+
+
+class ExportError(HPOInputError):
+    """Raised when a study cannot be exported: no complete trial, another objective, or an
+    output directory in the way."""
+
+
+@dataclass
+class ExportResult:
+    """Where the export went and what it measured."""
+
+    directory: Path
+    metrics: dict[str, Any]  # as written to metrics.json
+
+    def summary_line(self) -> str:
+        """One line: test accuracy and macro-F1 (mean ± std over seeds)."""
+        s = self.metrics["test_summary"]
+        n = len(self.metrics["seeds"])
+        seeds = f" over {n} seeds" if n > 1 else f" (seed {self.metrics['seeds'][0]})"
+        return (
+            f"test accuracy {s['accuracy']['mean']:.4f} ± {s['accuracy']['std']:.4f}, "
+            f"macro-F1 {s['macro_f1']['mean']:.4f} ± {s['macro_f1']['std']:.4f}{seeds}: "
+            f"{self.directory}"
+        )
+
+
+def export_study(
+    url: str,
+    name: str,
+    output: str | Path,
+    *,
+    seeds: int = 1,
+    include_validation: bool = False,
+    merge: bool = False,
+) -> ExportResult:
+    """Retrain the best trial of study ``name``, test it once per seed and save it to ``output``.
+
+    Args:
+        url: storage URL.
+        name: study name.
+        output: a new (or empty) directory; written atomically (a failed export leaves none).
+        seeds: how many training seeds: the study's seed, seed + 1, ...; the first one's model
+            is saved, and the metrics give mean ± std over all.
+        include_validation: train on train + validation (the metrics and the model card say so).
+        merge: for a LoRA trial, save the merged model instead of the adapter.
+
+    Returns:
+        The directory and the metrics written to ``metrics.json``.
+
+    Raises:
+        StudyNotFoundError: no such study.
+        ExportError: no complete trial, an objective other than text_classification, or a
+            non-empty ``output``.
+        DataMismatchError: the data here differs from the data the study was tuned on.
+
+    Example:
+        >>> result = export_study("sqlite:///studies.db", "demo-rotten-tomatoes", "model")
+        >>> result.metrics["test"]["accuracy"]  # doctest: +SKIP
+    """
+    from optuna.trial import TrialState
+
+    from hpo.storage import redact_url
+    from hpo.study import open_study
+    from hpo.study import stored_config
+
+    if seeds < 1:
+        raise ExportError(f"--seeds must be >= 1, got {seeds}")
+    study = open_study(url, name)
+    cfg, _ = stored_config(study, url)
+    if cfg.objective != "text_classification":
+        raise ExportError(
+            f"study {name!r} uses objective {cfg.objective!r}; export supports "
+            "text_classification studies only"
+        )
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise ExportError(
+            f"study {name!r} has no complete trial to export; run trials first "
+            "(hpo run / hpo worker)"
+        )
+    best = study.best_trial
+    n_examples = best.user_attrs.get("best_step")
+    if not isinstance(n_examples, int) or n_examples < 1:
+        raise ExportError(f"trial {best.number} of study {name!r} has no best_step to retrain to")
+    _check_fingerprint(study, cfg)
+    out = Path(output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not an empty directory; choose another -o")
+    from objectives.final import retrain_and_test
+
+    seed_list = [cfg.seed + i for i in range(seeds)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _LOG.info("retraining trial %d of %s for %d examples with seed(s) %s", best.number,
+                  name, n_examples, ", ".join(map(str, seed_list)))
+        try:
+            result = retrain_and_test(
+                cfg.objective_config, best.params, n_examples=n_examples, seeds=seed_list,
+                include_validation=include_validation, output_dir=tmp, merge=merge,
+            )
+        except ValueError as exc:  # DataError and friends: the data or model went missing
+            raise ConfigError(f"dataset or model: {exc}") from None
+        from hpo.checks import check_data
+
+        findings = check_data(cfg)
+        metrics = _metrics(study, best, result)
+        run = _run_record(study, best, result, redact_url(url), merge)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / "hpo_config.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+        (tmp / "README.md").write_text(_model_card(study, best, result, metrics, run, findings))
+        if out.exists():
+            out.rmdir()  # empty: checked above
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(directory=out, metrics=metrics)
+
+
+def _check_fingerprint(study: optuna.Study, cfg: Any) -> None:
+    from objectives.data import DataError
+    from objectives.text_classification import fingerprint
+
+    expected = study.user_attrs.get("data_fingerprint")
+    try:
+        here = fingerprint(cfg.objective_config)
+    except DataError as exc:
+        raise ConfigError(f"dataset: {exc}") from None
+    if here != expected:
+        raise DataMismatchError(
+            f"the data here has fingerprint {here} but study {study.study_name!r} was tuned on "
+            f"data {expected}; export needs the same data files (content, settings and seed)"
+        )
+
+
+def _metrics(study: optuna.Study, best: optuna.trial.FrozenTrial, result: FinalResult) -> dict[str, Any]:
+    metric = study.user_attrs["hpo_config"]["metric"]
+    first = result.seeds[0]
+    check = None
+    if first.validation is not None:
+        search = next(
+            (h[metric] for h in best.user_attrs.get("history", []) if h["step"] == result.n_examples),
+            best.value,
+        )
+        retrain = first.validation[metric]
+        match = abs(retrain - search) <= _VALUE_TOLERANCE * max(1.0, abs(search))
+        check = {"metric": metric, "search": search, "retrain": retrain, "match": match}
+        if not match:
+            _LOG.warning(
+                "the retrained model's %s is %.6g where the search measured %.6g at the same step "
+                "(nondeterminism: another machine, thread count, library version, or a classifier head "
+                "initialized differently in this process)",
+                metric, retrain, search,
+            )
+    per_seed = []
+    for s in result.seeds:
+        per_seed.append({
+            "seed": s.seed,
+            **{k: s.test[k] for k in ("accuracy", "macro_f1", "loss", "per_class", "confusion_matrix")},
+            "examples_seen": s.examples_seen,
+            "train_seconds": s.train_seconds,
+            "validation": s.validation,
+        })
+    return {
+        "study": study.study_name,
+        "trial": best.number,
+        "trained_on": result.trained_on,
+        "validation_used_for_training": result.trained_on == "train+validation",
+        "n_train_examples": result.n_examples,
+        "seeds": [s.seed for s in result.seeds],
+        "saved_seed": first.seed,
+        "label_names": result.label_names,
+        "n_test_examples": first.test["n_examples"],
+        "test": {k: v for k, v in first.test.items() if k != "n_examples"},
+        "test_summary": result.summary(),
+        "per_seed": per_seed,
+        "validation_check": check,
+    }
+
+
+def _run_record(
+    study: optuna.Study, best: optuna.trial.FrozenTrial, result: FinalResult, url: str, merge: bool
+) -> dict[str, Any]:
+    from hpo.study import versions
+
+    attrs = study.user_attrs
+    return {
+        "study": study.study_name,
+        "storage": url,
+        "config": attrs["hpo_config"],  # loadable with `hpo run --config` (add search_space)
+        "search_space": attrs.get("search_space"),
+        "trial": {
+            "number": best.number, "value": best.value, "params": best.params,
+            "best_step": best.user_attrs.get("best_step"),
+            "val_accuracy": best.user_attrs.get("val_accuracy"),
+            "val_f1": best.user_attrs.get("val_f1"),
+        },
+        "hyperparameters": result.params,
+        "trained_on": result.trained_on,
+        "n_train_examples": result.n_examples,
+        "seeds": [s.seed for s in result.seeds],
+        "saved": result.saved,
+        "merged": merge and result.saved == "merged-lora",
+        "data": result.data,
+        "versions": {"search": attrs.get("versions"), "export": versions()},
+    }
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def _model_card(
+    study: optuna.Study,
+    best: optuna.trial.FrozenTrial,
+    result: FinalResult,
+    metrics: dict[str, Any],
+    run: dict[str, Any],
+    findings: list[Finding],
+) -> str:
+    from optuna.trial import TrialState
+
+    config = run["config"]
+    data = result.data
+    n = len(result.seeds)
+    lora = result.saved == "lora-adapter"
+    summary = metrics["test_summary"]
+    counts = {s.name.lower(): 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] += 1
+    lines = [
+        "---",
+        f"library_name: {'peft' if lora else 'transformers'}",
+        "pipeline_tag: text-classification",
+        "tags: [hpo, optuna, text-classification]",
+        "---",
+        "",
+        f"# {study.study_name}: trial {best.number}",
+        "",
+        f"`{config.get('model')}`{' (all-MiniLM-L6-v2)' if config.get('model') == 'minilm' else ''} "
+        "fine-tuned for text classification on "
+        f"{_source(data.get('source', {}))} (labels: {', '.join(result.label_names)}), "
+        f"exported by `hpo export` from the best trial of study `{study.study_name}`.",
+        "",
+        "## Test results",
+        "",
+        f"Held-out test split ({metrics['n_test_examples']} rows), evaluated once per seed.",
+    ]
+    if metrics["validation_used_for_training"]:
+        lines.append(
+            "**The validation split was used for training** (`--include-validation`): there is no "
+            "validation score of this model, and the test split is the only held-out estimate."
+        )
+    lines += ["", "| metric | " + ("mean ± std | " + " | ".join(f"seed {s.seed}" for s in result.seeds)
+                                   if n > 1 else f"seed {result.seeds[0].seed}") + " |"]
+    lines.append("|---|" + ("---|" * (n + 1) if n > 1 else "---|"))
+    for key in ("accuracy", "macro_f1", "loss"):
+        s = summary[key]
+        cells = [f"{s['mean']:.4f} ± {s['std']:.4f}"] if n > 1 else []
+        cells += [f"{v:.4f}" for v in s["values"]]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", f"Per class, saved model (seed {result.seeds[0].seed}):", "",
+              "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for label, m in metrics["test"]["per_class"].items():
+        lines.append(f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | "
+                     f"{m['support']} |")
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
+              "| | " + " | ".join(result.label_names) + " |",
+              "|---|" + "---|" * len(result.label_names)]
+    for label, row in zip(result.label_names, metrics["test"]["confusion_matrix"], strict=True):
+        lines.append(f"| **{label}** | " + " | ".join(str(x) for x in row) + " |")
+    check = metrics["validation_check"]
+    if check is not None:
+        verdict = "reproduces" if check["match"] else "does NOT reproduce"
+        lines += ["", f"The retrained model {verdict} the search's {check['metric']} at the same "
+                  f"step: {check['retrain']:.6g} (search: {check['search']:.6g})."]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"- trained on: {result.trained_on} "
+        f"({_split_rows(data, result.trained_on)} rows), for {result.n_examples} training examples "
+        f"(where the trial's {config.get('metric')} was best), with the search's "
+        f"learning-rate schedule for {config.get('epochs')} epoch(s)",
+        f"- seeds: {', '.join(str(s.seed) for s in result.seeds)} (the saved model is seed "
+        f"{result.seeds[0].seed}'s; the data splits use the study's seed {config.get('seed')})",
+        f"- saved: {result.saved}",
+        "",
+        "| hyperparameter | value | |",
+        "|---|---|---|",
+    ]
+    lora_keys = ("r", "lora_alpha", "lora_dropout", "target_modules")
+    for k, v in result.params.items():
+        if result.params.get("finetuning") != "lora" and k in lora_keys:
+            continue  # unused by a full fine-tune
+        shown = "the model's own" if v is None else _fmt(v)
+        lines.append(f"| {k} | {shown} | {'searched' if k in best.params else 'default'} |")
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"- source: {_source(data.get('source', {}))}",
+        f"- fingerprint: `{data.get('fingerprint')}` (split seed {data.get('seed')}, "
+        f"{data.get('split_method')})",
+        "- split sizes: " + ", ".join(f"{k} {v}" for k, v in data.get("sizes", {}).items()),
+    ]
+    for split, c in data.get("class_counts", {}).items():
+        lines.append(f"- {split} classes: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    if findings:
+        lines += ["- data checks:"] + [f"  - {f.severity}: {f.code}: {f.message}" for f in findings]
+    else:
+        lines.append("- data checks: clean")
+    lines += [
+        "",
+        "## Study",
+        "",
+        f"- study: `{study.study_name}` in `{run['storage']}`",
+        f"- objective: {config.get('objective')}, metric {config.get('metric')} "
+        f"({config.get('direction')}), sampler {_fmt(config.get('sampler', {}).get('name'))}, "
+        f"pruner {_fmt(config.get('pruner', {}).get('name'))}, seed {config.get('seed')}",
+        "- trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v),
+        f"- best trial: {best.number}, {config.get('metric')} {_fmt(best.value)}, "
+        f"val_accuracy {_fmt(best.user_attrs.get('val_accuracy'))}, "
+        f"val_f1 {_fmt(best.user_attrs.get('val_f1'))}",
+        "",
+        "## Library versions",
+        "",
+        "| library | search | export |",
+        "|---|---|---|",
+    ]
+    search_v, export_v = run["versions"]["search"] or {}, run["versions"]["export"]
+    for lib in dict.fromkeys([*search_v, *export_v]):
+        lines.append(f"| {lib} | {search_v.get(lib, '')} | {export_v.get(lib, '')} |")
+    lines += ["", "## Load it", "", "```python"]
+    if lora:
+        lines += [
+            "from peft import AutoPeftModelForSequenceClassification",
+            "from transformers import AutoTokenizer",
+            "",
+            "# The base model named in adapter_config.json must be reachable.",
+            "model = AutoPeftModelForSequenceClassification.from_pretrained(",
+            f"    \"path/to/this/directory\", num_labels={len(result.label_names)})",
+        ]
+    else:
+        lines += [
+            "from transformers import AutoModelForSequenceClassification",
+            "from transformers import AutoTokenizer",
+            "",
+            'model = AutoModelForSequenceClassification.from_pretrained("path/to/this/directory")',
+        ]
+    lines += ['tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")', "```", ""]
+    return "\n".join(lines)
+
+
+def _source(source: dict[str, Any]) -> str:
+    if "name" in source:
+        return f"the built-in dataset `{source['name']}`"
+    return ", ".join(f"`{v}`" for v in source.values())
+
+
+def _split_rows(data: dict[str, Any], trained_on: str) -> int:
+    sizes = data.get("sizes", {})
+    return sum(int(sizes.get(s, 0)) for s in trained_on.split("+"))
