@@ -3,11 +3,19 @@
 SQLite is the embedded default for one machine; PostgreSQL (psycopg 3) and MySQL/MariaDB
 (pymysql) are for workers on many machines. Every storage built here:
 
-- pre-pings pooled connections and recycles them, so a database restart costs a retry, not a crash;
-- retries calls that fail on a lost connection with exponential backoff (``db_retry_seconds``);
+- pre-pings pooled connections that sat idle and recycles old ones, and retries calls that fail
+  on a lost connection with exponential backoff (``db_retry_seconds``): a database restart
+  costs a retry, not a crash;
 - runs heartbeats for RDB storages, so a trial whose worker died is failed after ``grace_period``
   seconds and enqueued again with the same parameters (``RetryHeartbeatStaleTrialCallback``);
-- serializes optuna's schema creation, which races when several workers start on a new database.
+  a RUNNING trial that never got a heartbeat (its worker died between creating it and the first
+  heartbeat) is treated as stale too, once it has been seen so for ``grace_period`` seconds;
+- serializes optuna's schema creation, which races when several workers start on a new database;
+- puts SQLite files in WAL mode with a busy timeout, and warns when one lives on a network
+  filesystem;
+- writes what every trial writes (reports, new user attrs, heartbeats) in one statement each
+  instead of optuna's transaction of several queries, and counts trials in one query
+  (:func:`trial_counts`): storage round trips per trial stay few at thousands of trials.
 
 Passwords in URLs are never printed: use :func:`redact_url` for anything shown to a person.
 """
@@ -15,12 +23,17 @@ Passwords in URLs are never printed: use :func:`redact_url` for anything shown t
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import functools
+import json
 import logging
+import os
 import re
 import sqlite3
+import threading
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -35,11 +48,44 @@ from hpo.errors import StorageError
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["StorageSettings", "build_storage", "redact_url", "redact_text", "sqlite_path"]
+__all__ = [
+    "DEFAULT_STORAGE",
+    "StorageSettings",
+    "build_storage",
+    "is_connection_error",
+    "quiet_optuna_warnings",
+    "rdb_backend",
+    "redact_text",
+    "redact_url",
+    "retrying",
+    "shared_lock",
+    "set_heartbeat",
+    "sqlite_path",
+    "trial_counts",
+]
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
 _LOG = logging.getLogger("hpo")
 _T = TypeVar("_T")
+# The userinfo of a URL up to its last "@": a password may itself contain "@" or ":".
+_PASSWORD_RE = re.compile(r"(://[^:/@\s]*:)\S*@")
+# Filesystems on which SQLite's locking is unreliable (several machines see one file).
+_NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "lustre", "gpfs",
+               "beegfs", "ceph", "fuse.ceph", "glusterfs", "fuse.glusterfs", "afs", "fuse.s3fs")
+# User attrs of one run of a trial: a retry of that trial must not inherit them.
+RUN_ATTRS = ("worker", "started_at", "wall_seconds", "fail_reason", "resumed_from")
+# RDBStorage methods that open their own transaction, and so may be retried as a whole. The
+# private ones are what optuna's _CachedStorage (the wrapper every Study uses) calls.
+_RETRIED_METHODS = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
+    "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
+    "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
+    "get_trial", "get_all_trials", "get_best_trial", "record_heartbeat", "get_current_version",
+    "_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +105,7 @@ def redact_url(url: str) -> str:
         >>> redact_url("postgresql+psycopg://bob:s3cret@db:5432/hpo")
         'postgresql+psycopg://bob:***@db:5432/hpo'
     """
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", url)
+    return _PASSWORD_RE.sub(r"\1***@", url)
 
 
 def redact_text(text: str, url: str) -> str:
@@ -67,11 +113,11 @@ def redact_text(text: str, url: str) -> str:
     password = _password(url)
     if password:
         text = text.replace(password, "***")
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return _PASSWORD_RE.sub(r"\1***@", text)
 
 
 def _password(url: str) -> str | None:
-    match = re.search(r"://[^:/@\s]*:([^@\s]*)@", url)
+    match = re.search(r"://[^:/@\s]*:(\S*)@", url)
     return match.group(1) if match and match.group(1) else None
 
 
@@ -79,7 +125,7 @@ def sqlite_path(url: str) -> Path | None:
     """The file behind an ``sqlite:///`` URL, or None for other URLs and in-memory SQLite."""
     if not url.startswith("sqlite:///"):
         return None
-    path = url[len("sqlite:///") :]
+    path = url[len("sqlite:///") :].split("?", 1)[0]
     if not path or path == ":memory:":
         return None
     return Path(path)
@@ -89,96 +135,383 @@ def _dialect(url: str) -> str:
     return url.split(":", 1)[0].split("+", 1)[0].lower()
 
 
+@contextlib.contextmanager
+def quiet_optuna_warnings() -> Iterator[None]:
+    """Silence the optuna warnings that hpo's worker loop triggers on purpose.
+
+    Heartbeats, ``fail_stale_trials`` and the retry callback are experimental in optuna 5, and
+    optuna expects heartbeats only inside ``Study.optimize`` (we run them around ask/tell).
+    """
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
+
+
 def _engine_kwargs(url: str) -> dict[str, Any]:
     dialect = _dialect(url)
     if dialect == "sqlite":
-        # A generous busy timeout: several local workers write to one file.
+        # sqlite3's `timeout` is SQLite's busy timeout: wait this long for another process's
+        # write lock instead of failing with "database is locked".
         return {"connect_args": {"timeout": 60}}
     kwargs: dict[str, Any] = {
-        "pool_pre_ping": True,  # a restarted server leaves dead connections in the pool
-        "pool_recycle": 1800,
-        "pool_size": 2,  # the main thread and the heartbeat thread
-        "max_overflow": 4,
+        # A restarted server leaves dead connections in the pool. SQLAlchemy's pre-ping tests
+        # one at every checkout: a round trip per storage call, ~20 per trial. hpo pings only
+        # connections idle for over PING_IDLE_SECONDS (see _ping_idle_connections); a connection
+        # that dies while in use costs a retry (`retrying`), not a crash.
+        "pool_pre_ping": False,
+        "pool_recycle": 1800,  # under the usual server/proxy idle limits
+        # One worker uses at most three connections at once: the main thread, the heartbeat
+        # thread and the budget lock. 16 workers then need <= 80, under PostgreSQL's default 100.
+        "pool_size": 3,
+        "max_overflow": 2,
         "pool_timeout": 30,
     }
     if dialect == "postgresql":
-        kwargs["connect_args"] = {"connect_timeout": 10}
+        kwargs["connect_args"] = {
+            "connect_timeout": 10,
+            # Client and server notice a dead peer in about a minute, not hours: the server then
+            # ends the session and frees the budget lock a vanished worker held.
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+            "options": "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 "
+            "-c tcp_keepalives_count=3",
+        }
     elif dialect in ("mysql", "mariadb"):
         kwargs["connect_args"] = {"connect_timeout": 10, "read_timeout": 600, "write_timeout": 600}
     return kwargs
 
 
-def _is_connection_error(exc: BaseException) -> bool:
+PING_IDLE_SECONDS = 5.0
+
+
+def _ping_idle_connections(engine: Any) -> None:
+    """Pre-ping pooled connections idle for ``PING_IDLE_SECONDS`` before handing them out.
+
+    A dead one (server restarted, proxy timeout) is replaced by a fresh connection, as with
+    ``pool_pre_ping``, without a round trip for each of the many short storage calls of a trial.
+    """
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    @sqlalchemy.event.listens_for(engine, "checkin")
+    def _checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["hpo_idle_since"] = time.monotonic()
+
+    @sqlalchemy.event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("hpo_idle_since")
+        if since is None or time.monotonic() - since < PING_IDLE_SECONDS:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+            dbapi_connection.rollback()  # leave no transaction open behind the ping
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another one.
+            raise sqlalchemy.exc.DisconnectionError(str(exc)) from exc
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the database is (for now) unreachable or busy": worth a retry."""
     import optuna
     import sqlalchemy.exc
 
-    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+    if isinstance(
+        exc,
+        sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError | sqlalchemy.exc.TimeoutError,
+    ):
         return True
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, optuna.exceptions.StorageInternalError):
         cause = exc.__cause__
-        return cause is not None and _is_connection_error(cause)
+        return cause is not None and is_connection_error(cause)
     return False
 
 
-def _retrying(method: Callable[..., _T], budget: Callable[[], float]) -> Callable[..., _T]:
-    @functools.wraps(method)
+def retrying(
+    fn: Callable[..., _T],
+    seconds: Callable[[], float],
+    on_retry: Callable[[], None] | None = None,
+) -> Callable[..., _T]:
+    """Wrap ``fn`` to retry on connection errors with exponential backoff for ``seconds()``.
+
+    Other errors are raised at once. ``on_retry`` runs before each new attempt (e.g. to drop a
+    session that holds a dead connection).
+    """
+
+    @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> _T:
-        deadline = time.monotonic() + budget()
-        delay = 0.5
+        deadline = time.monotonic() + seconds()
+        delay = 0.25
         while True:
             try:
-                return method(*args, **kwargs)
+                return fn(*args, **kwargs)
             except Exception as exc:
-                if not _is_connection_error(exc) or time.monotonic() + delay > deadline:
+                if not is_connection_error(exc) or time.monotonic() + delay > deadline:
                     raise
+                cause = exc.__cause__ or exc
+                detail = str(getattr(cause, "orig", None) or cause).strip().splitlines()
                 _LOG.warning(
-                    "storage unreachable (%s); retrying in %.1f s",
-                    type(exc.__cause__ or exc).__name__,
+                    "storage unreachable (%s: %s); retrying in %.1f s",
+                    type(cause).__name__,
+                    detail[0][:200] if detail else "",
                     delay,
                 )
                 time.sleep(delay)
-                delay = min(delay * 2, 15.0)
+                delay = min(delay * 2, 10.0)
+                if on_retry is not None:
+                    with contextlib.suppress(Exception):
+                        on_retry()
 
     return wrapper
+
+
+class RetryStaleTrialCallback:
+    """``RetryHeartbeatStaleTrialCallback`` whose retry leaves out the dead run's worker attrs.
+
+    optuna's callback copies every user attr of the failed trial to its WAITING copy; the copy
+    then claims the dead worker ran it until a live one picks it up. This drops the attrs in
+    ``RUN_ATTRS`` and keeps the rest (e.g. attrs set when the trial was enqueued).
+    """
+
+    def __init__(self, max_retry: int | None) -> None:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        with quiet_optuna_warnings():
+            self._inner = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial = copy.deepcopy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}
+        self._inner(study, trial)
 
 
 def _make_retrying_class() -> type:
     """An RDBStorage whose calls survive a database restart (retry with backoff)."""
     import optuna
+    import sqlalchemy
+    import sqlalchemy.exc
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
 
     base = optuna.storages.RDBStorage
-    names = [
-        name
-        for name, value in vars(base).items()
-        if callable(value) and not name.startswith("_") and name not in ("upgrade",)
-    ] + ["_get_stale_trial_ids"]
 
     class _RetryingRDBStorage(base):  # type: ignore[misc, valid-type]
         _hpo_retry_seconds = 300.0
 
         def __init__(self, *args: Any, retry_seconds: float = 300.0, **kwargs: Any) -> None:
             self._hpo_retry_seconds = retry_seconds
+            self._hpo_no_heartbeat: dict[int, float] = {}  # trial id -> first seen (monotonic)
+            self._hpo_beating: set[int] = set()  # trials whose heartbeat row exists
+            self._hpo_user_attrs: set[tuple[int, str]] = set()  # (trial id, key) rows written
+            self._hpo_fresh: tuple[int, Any] | None = None  # the trial created last, unread
+            self._hpo_lock = threading.Lock()
             super().__init__(*args, **kwargs)
 
-    for name in names:
-        method = getattr(base, name)
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            # One query instead of optuna's two, and RUNNING trials without any heartbeat (their
+            # worker died right after creating them) count as stale once seen so for a grace
+            # period on this process's own clock: they would otherwise stay RUNNING forever.
+            grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+            trial = models.TrialModel
+            beat = models.TrialHeartbeatModel
+            query = (
+                sqlalchemy.select(trial.trial_id, beat.heartbeat, sqlalchemy.func.now())
+                .outerjoin(beat, beat.trial_id == trial.trial_id)
+                .where(trial.study_id == study_id, trial.state == TrialState.RUNNING)
+            )
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            stale, now_mono = [], time.monotonic()
+            with self._hpo_lock:
+                seen = {}
+                for trial_id, heartbeat, now in rows:
+                    if heartbeat is None:
+                        first = self._hpo_no_heartbeat.get(trial_id, now_mono)
+                        seen[trial_id] = first
+                        if now_mono - first > grace:
+                            stale.append(trial_id)
+                    elif (now.replace(tzinfo=None) - heartbeat).total_seconds() > grace:
+                        stale.append(trial_id)
+                self._hpo_no_heartbeat = seen
+            return stale
 
-        def make(m: Callable[..., Any]) -> Callable[..., Any]:
-            def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-                return _retrying(lambda: m(self, *args, **kwargs), lambda: self._hpo_retry_seconds)()
+        # --- fewer round trips for what every trial does ---------------------------------
+        # optuna runs each write below as a transaction of two to four queries (find the trial,
+        # check that it is RUNNING, look for the row, insert or update). With ten reports that
+        # is most of a trial's storage time. Writes of a new row go here as one INSERT ...
+        # SELECT in autocommit, which inserts only while the trial is RUNNING; anything else (a
+        # row that exists, a finished trial) falls back to optuna's own code, which updates
+        # the row or raises UpdateFinishedTrialError exactly as before.
 
-            return functools.wraps(m)(call)
+        def _insert_if_running(self, table: Any, values: dict[str, Any], trial_id: int) -> bool:
+            trial = models.TrialModel
+            columns = list(values)
+            select = sqlalchemy.select(
+                *(sqlalchemy.literal(v, table.c[k].type) for k, v in values.items())
+            ).where(trial.trial_id == trial_id, trial.state == TrialState.RUNNING)
+            statement = table.insert().from_select(columns, select)
+            try:
+                with self.engine.connect().execution_options(
+                    isolation_level="AUTOCOMMIT", preserve_rowcount=True
+                ) as conn:
+                    return bool(conn.execute(statement).rowcount == 1)
+            except sqlalchemy.exc.IntegrityError:
+                return False  # the row exists: optuna's code updates it
 
-        setattr(_RetryingRDBStorage, name, make(method))
-    _RetryingRDBStorage.__name__ = "RDBStorage"
+        def set_trial_intermediate_value(
+            self, trial_id: int, step: int, intermediate_value: float
+        ) -> None:
+            model = models.TrialIntermediateValueModel
+            stored, value_type = model.intermediate_value_to_stored_repr(intermediate_value)
+            values = {"trial_id": trial_id, "step": step, "intermediate_value": stored,
+                      "intermediate_value_type": value_type}
+            if not self._insert_if_running(model.__table__, values, trial_id):
+                base.set_trial_intermediate_value(self, trial_id, step, intermediate_value)
+
+        def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+            known = (trial_id, key) in self._hpo_user_attrs
+            values = {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+            table = models.TrialUserAttributeModel.__table__
+            if known or not self._insert_if_running(table, values, trial_id):
+                base.set_trial_user_attr(self, trial_id, key, value)
+            with self._hpo_lock:
+                self._hpo_user_attrs.add((trial_id, key))
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            # A trial's first beat inserts its row, the next ones update it: one statement each.
+            beat = models.TrialHeartbeatModel.__table__
+            if trial_id in self._hpo_beating:
+                statement = beat.update().where(beat.c.trial_id == trial_id).values(
+                    heartbeat=sqlalchemy.func.now())
+            else:
+                statement = beat.insert().values(trial_id=trial_id, heartbeat=sqlalchemy.func.now())
+            try:
+                with self.engine.connect().execution_options(
+                    isolation_level="AUTOCOMMIT", preserve_rowcount=True
+                ) as conn:
+                    done = conn.execute(statement).rowcount == 1
+            except sqlalchemy.exc.IntegrityError:
+                done = False
+            if not done:
+                base.record_heartbeat(self, trial_id)
+            with self._hpo_lock:
+                self._hpo_beating.add(trial_id)
+
+        def remember_trial(self, frozen: Any) -> None:
+            """Answer the next ``get_trial`` of this trial from ``frozen``, not the database.
+
+            optuna reads a running trial back in full (six queries) right after creating it
+            (``Trial()``) and at ``tell``, when this process holds it already. Whatever that
+            read is for, the state change that follows checks the stored state itself.
+            """
+            with self._hpo_lock:
+                self._hpo_fresh = (frozen._trial_id, frozen)
+
+        def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
+            frozen = base._create_new_trial(self, study_id, template_trial)
+            if template_trial is None:
+                self.remember_trial(frozen)
+            return frozen
+
+        def get_trial(self, trial_id: int) -> Any:
+            with self._hpo_lock:
+                fresh, self._hpo_fresh = self._hpo_fresh, None
+            if fresh is not None and fresh[0] == trial_id:
+                return copy.deepcopy(fresh[1])
+            return base.get_trial(self, trial_id)
+
+        def set_trial_state_values(
+            self, trial_id: int, state: TrialState, values: Any = None
+        ) -> bool:
+            if state.is_finished():
+                with self._hpo_lock:
+                    self._hpo_beating.discard(trial_id)
+                    self._hpo_user_attrs = {k for k in self._hpo_user_attrs if k[0] != trial_id}
+            return bool(base.set_trial_state_values(self, trial_id, state, values))
+
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return retrying(
+                lambda: method(self, *args, **kwargs),
+                lambda: self._hpo_retry_seconds,
+                on_retry=self.scoped_session.remove,  # never reuse a session on a dead connection
+            )()
+
+        return call
+
+    own = dict(vars(_RetryingRDBStorage))  # our overrides are retried as well
+    for name in (*_RETRIED_METHODS, "_get_stale_trial_ids"):
+        setattr(_RetryingRDBStorage, name, wrap(own.get(name) or getattr(base, name)))
+    _RetryingRDBStorage.__name__ = _RetryingRDBStorage.__qualname__ = "RDBStorage"
     return _RetryingRDBStorage
 
 
 @functools.cache
 def _retrying_class() -> type:
     return _make_retrying_class()
+
+
+def rdb_backend(storage: Any) -> optuna.storages.RDBStorage | None:
+    """The RDBStorage behind a study's storage (optuna wraps it in a cache), or None."""
+    import optuna
+
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def trial_counts(storage: Any, study_id: int) -> tuple[dict[str, int], int] | None:
+    """Trials of a study by state, and how many are retries, in one query; None if not RDB.
+
+    Returns ``({"COMPLETE": 10, "RUNNING": 2, ...}, n_retries)``, where ``n_retries`` counts
+    the trials that retry a failed one (they carry a ``retry_history`` system attr): as many as
+    failed trials that were retried. Loading every trial for this costs milliseconds per ask
+    at thousands of trials; this query does not grow with them in round trips.
+    """
+    backend = rdb_backend(storage)
+    if backend is None:
+        return None
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    trial = models.TrialModel
+    attr = models.TrialSystemAttributeModel
+    query = (
+        sqlalchemy.select(trial.state, sqlalchemy.func.count(), sqlalchemy.func.count(attr.trial_id))
+        .outerjoin(attr, sqlalchemy.and_(attr.trial_id == trial.trial_id,
+                                         attr.key == "retry_history"))
+        .where(trial.study_id == study_id)
+        .group_by(trial.state)
+    )
+
+    def run() -> list[Any]:
+        with backend.engine.connect() as conn:
+            return list(conn.execute(query).all())
+
+    rows = retrying(run, lambda: getattr(backend, "_hpo_retry_seconds", 300.0))()
+    return {state.name: n for state, n, _ in rows}, sum(r for _, _, r in rows)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``fcntl`` lock on ``path`` (created if missing), for processes of one machine."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -190,13 +523,8 @@ def schema_lock(url: str) -> Iterator[None]:
     dialect = _dialect(url)
     path = sqlite_path(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{path}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(Path(f"{path}.lock")):
+            yield
         return
     if dialect not in ("postgresql", "mysql", "mariadb"):
         yield
@@ -210,16 +538,91 @@ def schema_lock(url: str) -> Iterator[None]:
             if dialect == "postgresql":
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             else:
-                conn.execute(sqlalchemy.text("SELECT GET_LOCK('hpo_optuna_schema', 120)"))
+                while conn.execute(sqlalchemy.text("SELECT GET_LOCK('hpo_optuna_schema', 60)")).scalar() != 1:
+                    pass
+            conn.commit()
             try:
                 yield
             finally:
-                if dialect == "postgresql":
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                else:
-                    conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK('hpo_optuna_schema')"))
+                with contextlib.suppress(Exception):  # a lost connection frees the lock anyway
+                    if dialect == "postgresql":
+                        conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    else:
+                        conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK('hpo_optuna_schema')"))
+                    conn.commit()
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def shared_lock(storage: Any, url: str, name: str) -> Iterator[None]:
+    """A lock named ``name`` shared by every process that uses ``url``.
+
+    SQLite and journal files: an ``fcntl`` lock on ``<file>.lock`` (``<file>.hpo.lock`` for
+    journals) that works on one machine only.
+    PostgreSQL: a session advisory lock; MySQL/MariaDB: ``GET_LOCK``. Either is freed by the
+    server when the holder's connection ends, so a killed worker never leaves it taken. Taking
+    the lock survives a database outage (retry with backoff); losing the connection while
+    holding it is logged, not raised (the server has freed it already). Other storages: a lock
+    of this process.
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        lock = Path(f"{path}.lock")
+    elif url.startswith("journal:///"):
+        # Not "<file>.lock": optuna's journal backend uses that name for its own lock.
+        lock = Path(url[len("journal:///") :] + ".hpo.lock")
+    if path is not None or url.startswith("journal:///"):
+        with file_lock(lock):
+            yield
+        return
+    backend = rdb_backend(storage)
+    if backend is None or backend.engine.dialect.name not in ("postgresql", "mysql", "mariadb"):
+        with _THREAD_LOCKS.setdefault(name, threading.Lock()):
+            yield
+        return
+    import sqlalchemy
+
+    postgres = backend.engine.dialect.name == "postgresql"
+    key = zlib.crc32(name.encode())
+    args = {"k": key} if postgres else {"k": f"hpo-{key}"}
+
+    def acquire() -> Any:
+        # Autocommit: the lock belongs to the session, so it needs no transaction around it.
+        conn = backend.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            if postgres:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), args)
+            else:  # GET_LOCK returns 0 when its wait times out: wait again
+                get = sqlalchemy.text("SELECT GET_LOCK(:k, 30)")
+                while conn.execute(get, args).scalar() != 1:
+                    pass
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+                conn.close()
+            raise
+        return conn
+
+    conn = retrying(acquire, lambda: getattr(backend, "_hpo_retry_seconds", 300.0))()
+    try:
+        yield
+    finally:
+        release = "SELECT pg_advisory_unlock(:k)" if postgres else "SELECT RELEASE_LOCK(:k)"
+        try:
+            conn.execute(sqlalchemy.text(release), args)
+            conn.close()
+        except Exception as exc:
+            # Never hand a connection that may still hold the lock back to the pool.
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+                conn.close()
+            if not is_connection_error(exc):
+                raise
+            _LOG.warning("lost the database connection that held lock %r (the server freed it)", name)
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
 
 
 def _connect_only(url: str) -> dict[str, Any]:
@@ -228,13 +631,85 @@ def _connect_only(url: str) -> dict[str, Any]:
 
 
 def _enable_wal(path: Path) -> None:
-    # WAL lets readers (reports, `hpo trials`) run while a worker writes; the mode persists in
-    # the file, so setting it once at creation is enough.
-    conn = sqlite3.connect(path, timeout=60)
+    # WAL lets readers (reports, `hpo trials`) run while a worker writes, and writers block each
+    # other less. The mode persists in the file; switching needs a moment without other writers,
+    # so a busy file that is not in WAL mode yet stays as it is.
+    conn = sqlite3.connect(path, timeout=5)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as exc:
+        _LOG.debug("could not switch %s to WAL mode: %s", path, exc)
     finally:
         conn.close()
+
+
+def _sqlite_synchronous_normal(engine: Any) -> None:
+    """``PRAGMA synchronous=NORMAL`` on every connection of a WAL-mode SQLite engine.
+
+    SQLite's own advice for WAL mode: commits stop waiting for an fsync each (a trial makes a
+    dozen), the file cannot be corrupted, and a killed process loses nothing; only a power loss
+    or OS crash may roll back the last commits.
+    """
+    import sqlalchemy
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    engine.dispose()  # the connections opened while creating the tables predate the listener
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the filesystem that holds ``path`` (Linux ``/proc/mounts``), or None."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, fstype = "", None
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, fstype = mount, parts[2]
+    return fstype
+
+
+def _warn_network_fs(path: Path) -> None:
+    fstype = filesystem_type(path.parent if not path.exists() else path)
+    if fstype is not None and fstype.lower() in _NETWORK_FS:
+        _LOG.warning(
+            "the SQLite file %s is on a network filesystem (%s): SQLite's locks do not work there "
+            "and the study can be corrupted; use PostgreSQL or MySQL for workers on several "
+            "machines, or keep the file on a local disk", path, fstype,
+        )
+
+
+def set_heartbeat(storage: Any, settings: StorageSettings) -> None:
+    """Give an RDB storage built by :func:`build_storage` the heartbeat settings ``settings``.
+
+    For a storage opened before its study's settings were known (a worker reads them from
+    the study): cheaper than opening a second engine.
+    """
+    backend = rdb_backend(storage)
+    if backend is None:
+        return
+    on = settings.heartbeat_interval > 0
+    backend.heartbeat_interval = settings.heartbeat_interval if on else None
+    backend.grace_period = settings.grace_period if on else None
+    callback = RetryStaleTrialCallback(settings.max_retry) if on else None
+    backend.heartbeat_stale_trial_callback = backend.failed_trial_callback = callback
+    backend._hpo_retry_seconds = settings.db_retry_seconds
 
 
 def build_storage(
@@ -279,28 +754,33 @@ def build_storage(
         heartbeat = {
             "heartbeat_interval": settings.heartbeat_interval,
             "grace_period": settings.grace_period,
-            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=settings.max_retry
-            ),
+            "heartbeat_stale_trial_callback": RetryStaleTrialCallback(settings.max_retry),
         }
     path = sqlite_path(url)
-    if path is not None and path.parent and not path.parent.exists():
-        raise StorageError(
-            f"storage {redact_url(url)!r}: directory {str(path.parent)!r} does not exist"
-        )
+    if path is not None:
+        if path.parent and not path.parent.exists():
+            raise StorageError(
+                f"storage {redact_url(url)!r}: directory {str(path.parent)!r} does not exist"
+            )
+        _warn_network_fs(path)
     cls = _retrying_class()
     last: Exception | None = None
     for attempt in range(5):
         try:
-            with schema_lock(url):
-                if path is not None and not path.exists():
+            with schema_lock(url), quiet_optuna_warnings():
+                if path is not None:
                     _enable_wal(path)
-                return cls(  # type: ignore[no-any-return]
+                storage = cls(
                     url,
                     engine_kwargs=_engine_kwargs(url),
                     retry_seconds=settings.db_retry_seconds,
                     **heartbeat,
                 )
+            if dialect == "sqlite":
+                _sqlite_synchronous_normal(storage.engine)
+            else:
+                _ping_idle_connections(storage.engine)
+            return storage  # type: ignore[no-any-return]
         except ModuleNotFoundError as exc:
             raise StorageError(
                 f"storage {redact_url(url)!r} needs the Python package {exc.name!r}: "
@@ -308,9 +788,17 @@ def build_storage(
             ) from None
         except Exception as exc:  # the storage's own errors wrap the driver's
             last = exc
-            if _is_connection_error(exc):
+            if is_connection_error(exc) and not _is_schema_race(exc):
                 break
-            # A table-creation race on a brand-new database loses once, then finds the tables.
+            # A table-creation race with a process that is not hpo loses once, then finds the
+            # tables (hpo's own processes are serialized by schema_lock).
             time.sleep(0.2 * (attempt + 1))
-    detail = redact_text(str(getattr(last, "orig", None) or last).splitlines()[0], url)
-    raise StorageError(f"cannot open storage {redact_url(url)!r}: {detail}") from None
+    detail = str(getattr(last, "orig", None) or last).strip().splitlines() or [type(last).__name__]
+    raise StorageError(
+        f"cannot open storage {redact_url(url)!r}: {redact_text(detail[0], url)}"
+    ) from None
+
+
+def _is_schema_race(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "already exists" in text or "duplicate" in text

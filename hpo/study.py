@@ -2,17 +2,22 @@
 
 A study carries everything a worker needs in its user attrs: the resolved config
 (``hpo_config``), the search space (``search_space``) and the data fingerprint
-(``data_fingerprint``). The trial budget (``n_trials``) is global to the study: a worker asks
-for a trial only while complete + pruned + running + waiting + failed-and-not-retried trials
-are fewer than the budget, and checks that under a lock shared by all workers, so ten workers
-stop at exactly the budget.
+(``data_fingerprint``). The trial budget (``n_trials``) is global to the study: a worker takes a
+trial only while complete + pruned + running + waiting + failed-and-not-retried trials are fewer
+than the budget, and checks that under a lock shared by all workers (:func:`budget_lock`), so ten
+workers stop at exactly the budget.
+
+A worker that dies costs one retried trial: its trial's heartbeat stops, the next worker that
+takes the lock fails it (:func:`fail_stale`) and enqueues the same parameters again, and the
+objective may resume from the dead trial's last checkpoint. A worker stopped by SIGTERM/SIGINT
+hands its trial back at once. Workers stay while a trial they might have to take over is running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
-import fcntl
 import json
 import logging
 import math
@@ -24,8 +29,6 @@ import tempfile
 import threading
 import time
 import uuid
-import warnings
-import zlib
 from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,20 +47,30 @@ from hpo.errors import StudyNotFoundError
 from hpo.search_space import SearchSpace
 from hpo.search_space import load_search_space
 from hpo.search_space import search_space_from_dict
+from hpo.storage import RetryStaleTrialCallback
 from hpo.storage import StorageSettings
 from hpo.storage import build_storage
+from hpo.storage import quiet_optuna_warnings
+from hpo.storage import rdb_backend
 from hpo.storage import redact_url
+from hpo.storage import set_heartbeat
+from hpo.storage import shared_lock
 from hpo.storage import sqlite_path
+from hpo.storage import trial_counts
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.trial import TrialState
 
     from objectives import ObjectiveSpec
 
 __all__ = [
     "RunSummary",
     "WorkerInterrupted",
+    "budget_lock",
+    "budget_state",
     "create_study",
+    "fail_stale",
     "load_study",
     "open_study",
     "run_worker",
@@ -65,7 +78,8 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger("hpo")
-# Config keys that may change when a study is resumed: they steer this run, not the results.
+# Config keys that may change when a study is resumed with `hpo run`: they steer this run, not
+# the results. `hpo create` refuses any change.
 _RESUMABLE_KEYS = ("n_trials", "timeout", "sampler", "pruner", "heartbeat_interval",
                    "grace_period", "max_retry")
 
@@ -82,10 +96,6 @@ def _quiet_optuna() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # fail_stale_trials and the retry callback are experimental in optuna 5; we rely on them.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # We run heartbeats around ask/tell ourselves (optuna only expects them in optimize()).
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 def versions() -> dict[str, str]:
@@ -124,8 +134,9 @@ def _prepare(cfg: StudyConfig, spec: ObjectiveSpec) -> dict[str, Any]:
         raise ConfigError(f"dataset: {exc}") from None
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in _RESUMABLE_KEYS and k != "study"}
+def _comparable(config: dict[str, Any], resumable: bool = True) -> dict[str, Any]:
+    skip = (*_RESUMABLE_KEYS, "study") if resumable else ("study",)
+    return {k: v for k, v in config.items() if k not in skip}
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -139,6 +150,13 @@ def create_study(cfg: StudyConfig, *, exist_ok: bool = True) -> optuna.Study:
     Validates the search space (also against the model) and the data before anything is
     written, then stores the config, the search space, the data fingerprint and library
     versions in the study's user attrs.
+
+    Args:
+        cfg: the study's config.
+        exist_ok: True (``hpo run``): an existing study with the same config, space and data
+            is resumed, with the budget, timeout, sampler, pruner and heartbeat settings of
+            ``cfg``. False (``hpo create``): an existing study is left as it is when ``cfg`` is
+            exactly its config, and refused otherwise.
 
     Raises:
         ConfigError, SearchSpaceError: bad input; nothing is written.
@@ -162,21 +180,24 @@ def create_study(cfg: StudyConfig, *, exist_ok: bool = True) -> optuna.Study:
                 f"study {cfg.study!r} exists in {redact_url(cfg.storage)} but was not created "
                 "by hpo; choose another study name"
             )
-        changed = _diff(_comparable(attrs["hpo_config"]), _comparable(config_dict))
+        changed = _diff(_comparable(attrs["hpo_config"], exist_ok),
+                        _comparable(config_dict, exist_ok))
         if json.dumps(attrs.get("search_space"), sort_keys=True) != json.dumps(space.raw, sort_keys=True):
             changed.append("search space")
         if attrs.get("data_fingerprint") != prepared["data_fingerprint"]:
             changed.append("data (fingerprint)")
         if changed:
+            hint = ("use a new study name, or the same config to resume it" if exist_ok else
+                    "use a new study name, or `hpo run` to resume it with a new budget")
             raise StudyConfigConflictError(
-                f"study {cfg.study!r} exists with a different {', '.join(changed)}; "
-                "use a new study name, or the same config to resume it"
+                f"study {cfg.study!r} exists with a different {', '.join(changed)}; {hint}"
             )
         if not exist_ok:
             return existing
         # Budget, sampler and pruner may change on resume; workers read them from the study.
-        existing.set_user_attr("hpo_config", {**attrs["hpo_config"], **{
-            k: config_dict[k] for k in _RESUMABLE_KEYS if k in config_dict}})
+        resumed = {**attrs["hpo_config"], **{k: config_dict[k] for k in _RESUMABLE_KEYS if k in config_dict}}
+        if resumed != attrs["hpo_config"]:
+            existing.set_user_attr("hpo_config", resumed)
         return existing
     study = optuna.create_study(
         study_name=cfg.study,
@@ -242,9 +263,17 @@ def stored_config(study: optuna.Study, storage_url: str) -> tuple[StudyConfig, S
     return cfg, space
 
 
-def load_study(url: str, name: str) -> tuple[optuna.Study, StudyConfig, SearchSpace]:
+def load_study(
+    url: str, name: str, *, wait_for_config: float = 10.0
+) -> tuple[optuna.Study, StudyConfig, SearchSpace]:
     """Open a study for a worker: its stored config, with the storage settings it asks for,
-    after checking that this machine's data has the study's fingerprint.
+    after checking that this machine's data has the study's fingerprint. Nothing is written.
+
+    Args:
+        url: storage URL.
+        name: study name.
+        wait_for_config: seconds to wait for the config of a study that another process is
+            creating at this moment.
 
     Raises:
         StudyNotFoundError, ConfigError: as above.
@@ -252,9 +281,12 @@ def load_study(url: str, name: str) -> tuple[optuna.Study, StudyConfig, SearchSp
     """
     from objectives import resolve_objective
 
-    study = open_study(url, name)
+    # Read the config first, without heartbeats: they come with the study's own settings.
+    study = open_study(url, name, StorageSettings(heartbeat_interval=0))
+    deadline = time.monotonic() + wait_for_config
+    while "hpo_config" not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.5)
     cfg, space = stored_config(study, url)
-    study = open_study(url, name, cfg.storage_settings)
     spec = resolve_objective(cfg.objective)
     prepared = _prepare(cfg, spec)
     expected = study.user_attrs.get("data_fingerprint")
@@ -263,61 +295,34 @@ def load_study(url: str, name: str) -> tuple[optuna.Study, StudyConfig, SearchSp
             f"this worker's data has fingerprint {prepared['data_fingerprint']} but study "
             f"{name!r} was created on data {expected}; give this machine the same data files"
         )
+    set_heartbeat(study._storage, cfg.storage_settings)
     return study, cfg, space
 
 
-# --- the budget lock ----------------------------------------------------------------------
+# --- the budget ---------------------------------------------------------------------------
 
 
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
-
-
-@contextlib.contextmanager
-def budget_lock(study: optuna.Study, url: str) -> Iterator[None]:
-    """A lock shared by every worker of ``study``, held while it counts and asks for a trial."""
-    import optuna
-
-    name = study.study_name
-    path = sqlite_path(url)
-    if path is None and url.startswith("journal:///"):
-        path = Path(url[len("journal:///") :])
-    storage = study._storage
-    if path is not None:
-        with open(f"{path}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    if isinstance(storage, optuna.storages.RDBStorage):
-        import sqlalchemy
-
-        dialect = storage.engine.dialect.name
-        key = zlib.crc32(f"hpo-budget:{name}".encode())
-        with storage.engine.connect() as conn:
-            if dialect == "postgresql":
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                release = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
-            else:
-                conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, 120)"), {"k": f"hpo{key}"})
-                release = sqlalchemy.text("SELECT RELEASE_LOCK(:k)")
-            conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(release, {"k": key if dialect == "postgresql" else f"hpo{key}"})
-                conn.commit()
-        return
-    lock = _THREAD_LOCKS.setdefault(name, threading.Lock())
-    with lock:
-        yield
+def budget_lock(study: optuna.Study, url: str) -> contextlib.AbstractContextManager[None]:
+    """A lock shared by every worker of ``study``, held while it counts and takes a trial."""
+    return shared_lock(study._storage, url, f"hpo-budget:{study.study_name}")
 
 
 def budget_state(study: optuna.Study) -> dict[str, int]:
-    """Trials that count against the budget, and those a worker could still take over."""
+    """Trials that count against the budget, and those a worker could still take over.
+
+    ``counted``: complete, pruned, running, waiting and failed trials, leaving out failed trials
+    that were retried (their retry counts instead). ``finished``: counted trials that are done.
+    """
     from optuna.trial import TrialState
 
+    counts = trial_counts(study._storage, study._study_id)
+    if counts is not None:  # RDB storages: one query
+        by_state, n_retries = counts
+        total = sum(by_state.values())
+        running, waiting = by_state.get("RUNNING", 0), by_state.get("WAITING", 0)
+        counted = total - n_retries
+        return {"counted": counted, "running": running, "waiting": waiting,
+                "finished": counted - running - waiting, "total": total}
     trials = study.get_trials(deepcopy=False)
     retried = set()
     for t in trials:
@@ -338,10 +343,46 @@ def budget_state(study: optuna.Study) -> dict[str, int]:
     return state
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    from optuna.storages import fail_stale_trials
+def _heartbeats_on(study: optuna.Study) -> bool:
+    backend = rdb_backend(study._storage)
+    return backend is not None and backend.get_heartbeat_interval() is not None
 
-    fail_stale_trials(study)
+
+def fail_stale(study: optuna.Study) -> list[int]:
+    """Fail the running trials whose worker stopped sending heartbeats, and retry them.
+
+    optuna's ``fail_stale_trials``, plus a ``fail_reason`` on each failed trial. Returns the
+    numbers of the trials failed here.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    backend = rdb_backend(study._storage)
+    if backend is None or backend.get_heartbeat_interval() is None:
+        return []
+    storage = study._storage
+    failed = []
+    for trial_id in backend._get_stale_trial_ids(study._study_id):
+        try:
+            storage.set_trial_user_attr(
+                trial_id, "fail_reason",
+                f"no heartbeat for {backend.grace_period} s: its worker died or lost the database",
+            )
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # its worker finished it (or another worker failed it) just now
+    callback = backend.get_heartbeat_stale_trial_callback()
+    numbers = []
+    for trial_id in failed:
+        frozen = copy.deepcopy(storage.get_trial(trial_id))
+        numbers.append(frozen.number)
+        worker = (frozen.user_attrs.get("worker") or {}).get("id", "?")
+        _LOG.warning("trial %d of worker %s is stale: failed%s", frozen.number, worker,
+                     ", and enqueued again" if callback is not None else "")
+        if callback is not None:
+            callback(study, frozen)
+    return numbers
 
 
 # --- workers ------------------------------------------------------------------------------
@@ -357,10 +398,11 @@ class RunSummary:
     interrupted: str | None = None  # signal name when stopped by SIGINT/SIGTERM
     best: dict[str, Any] | None = None  # number, value, params, user attrs of the best trial
     seconds: float = 0.0
+    worker: dict[str, Any] = field(default_factory=dict)  # host, pid and id of this worker
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 class _LocalWorkers:
@@ -397,13 +439,6 @@ def _set_threads(threads: int | None, workers: _LocalWorkers) -> int:
     return n
 
 
-def _fmt_params(params: dict[str, Any]) -> str:
-    def one(v: Any) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    return ", ".join(f"{k}={one(v)}" for k, v in params.items())
-
-
 def _counts(study: optuna.Study) -> dict[str, int]:
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
@@ -422,48 +457,150 @@ def best_trial_info(study: optuna.Study) -> dict[str, Any] | None:
     return {"number": t.number, "value": t.value, "params": t.params, "user_attrs": attrs}
 
 
-def _hand_back(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    """Mark an interrupted trial failed and enqueue the same params for another worker."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-    from optuna.trial import TrialState
+class _Signals:
+    """SIGTERM/SIGINT handling: raise :class:`WorkerInterrupted` only where that is safe.
 
-    trial.set_user_attr("fail_reason", reason)
-    frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-    if frozen.state == TrialState.FAIL:
-        RetryHeartbeatStaleTrialCallback(max_retry=None)(study, frozen)
+    Inside :meth:`interruptible` (the objective, an idle wait) a signal raises at once; elsewhere
+    (the budget lock, taking or telling a trial) it is remembered and raised at the next
+    interruptible point, so a signal never leaves a half-written trial or a held lock behind.
+    A second signal (2 s or more after the first) stops the worker at once, wherever it is
+    (its trial, if any, is then retried once its heartbeat is stale).
+    """
 
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._first = 0.0
+        self._interruptible = False
+        self._old: dict[int, Any] = {}
 
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """Turn SIGTERM and SIGINT into WorkerInterrupted in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            # Batch systems often signal the whole process group and the job script forwards
+            # the signal too: only a signal that comes later is a second one.
+            if time.monotonic() - self._first < 2.0:
+                return
+            _LOG.warning("second %s: stopping now", signal.Signals(signum).name)
+            raise SystemExit(128 + signum)
+        self.received, self._first = signum, time.monotonic()
+        if self._interruptible:
+            self._interruptible = False
+            raise WorkerInterrupted(signum)
 
-    def handler(signum: int, frame: Any) -> None:
-        raise WorkerInterrupted(signum)
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
+    def restore(self) -> None:
+        for s, h in self._old.items():
             signal.signal(s, h)
+        self._old = {}
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise WorkerInterrupted(self.received)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        self.check()
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
 
-def _warn_shared_sqlite(study: optuna.Study, url: str) -> None:
+class _Heartbeat:
+    """Records a trial's heartbeat every ``interval`` seconds in a daemon thread.
+
+    Unlike optuna's heartbeat thread it survives storage errors (a database outage longer than
+    the storage's own retries): it logs them and keeps beating.
+    """
+
+    def __init__(self, study: optuna.Study, trial_id: int) -> None:
+        self._backend = rdb_backend(study._storage)
+        self._trial_id = trial_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self, interval: float) -> None:
+        assert self._backend is not None
+        while not self._stop.wait(interval):
+            try:
+                self._backend.record_heartbeat(self._trial_id)
+            except Exception as exc:
+                _LOG.warning("heartbeat of trial id %d failed: %s", self._trial_id,
+                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    def __enter__(self) -> _Heartbeat:
+        interval = self._backend.get_heartbeat_interval() if self._backend is not None else None
+        if interval:
+            self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True,
+                                            name=f"hpo-heartbeat-{self._trial_id}")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)  # a beat stuck in a retry must not hold up the worker
+
+
+def _hand_back(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Mark an interrupted trial failed and enqueue the same params for another worker.
+
+    Best effort: if the storage cannot be reached, the trial's heartbeat stops and another
+    worker retries it after the grace period.
+    """
+    import optuna
     from optuna.trial import TrialState
 
-    if sqlite_path(url) is None:
-        return
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    hosts = {t.user_attrs.get("worker", {}).get("host") for t in running}
-    if running:
-        where = "on other machines too" if hosts - {socket.gethostname(), None} else "here"
+    backend = rdb_backend(study._storage)
+    storage = study._storage
+    try:
+        if backend is not None:
+            backend.scoped_session.remove()  # the interrupted call may have left it mid-commit
+        if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            return
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        if frozen.state == TrialState.FAIL:
+            RetryStaleTrialCallback(max_retry=None)(study, frozen)
+            _LOG.warning("trial %d handed back to the study (%s)", frozen.number, reason)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        pass  # another worker failed it as stale in the meantime and retries it
+    except Exception as exc:
+        _LOG.warning("could not hand trial %d back (%s); it will be retried once its heartbeat "
+                     "is stale", trial.number, exc)
+
+
+class _SQLiteSharing:
+    """Warns once when other processes (or machines) run trials on the same SQLite file."""
+
+    def __init__(self, url: str) -> None:
+        self.path = sqlite_path(url)
+        self.warned = self.path is None
+
+    def check(self, study: optuna.Study, mine: int, state: dict[str, int]) -> None:
+        """Look at the running trials other than this worker's trial number ``mine``, when the
+        count taken before this worker's trial (``state``) saw any."""
+        from optuna.trial import TrialState
+
+        if self.warned or state["running"] == 0:
+            return
+        others = [
+            t.user_attrs.get("worker") or {}
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number != mine
+        ]
+        if not others:
+            return
+        self.warned = True
+        hosts = sorted({str(w.get("host")) for w in others if w.get("host")} - {socket.gethostname()})
+        where = f"also on {', '.join(hosts)}: never do that" if hosts else "on this machine: fine"
         _LOG.warning(
-            "several processes use the SQLite file %s (%s): fine on one machine, never over "
-            "NFS or across machines; use PostgreSQL or MySQL for distributed workers",
-            sqlite_path(url), where,
+            "several processes use the SQLite file %s (%s). SQLite is for one machine; never share "
+            "it across machines or over NFS. Use PostgreSQL or MySQL for distributed workers.",
+            self.path, where,
         )
 
 
@@ -474,31 +611,33 @@ def run_worker(
     *,
     seed: int | None = None,
     threads: int | None = None,
-    poll_interval: float = 2.0,
+    poll_interval: float | None = None,
+    worker_id: str | None = None,
     on_trial: Callable[[optuna.trial.FrozenTrial, float], None] | None = None,
     on_start: Callable[[dict[str, int]], None] | None = None,
-    enqueued: list[dict[str, Any]] | None = None,
 ) -> RunSummary:
     """Run trials until the study's global budget is used up or this worker's timeout passes.
 
-    Each trial records the worker that ran it. A failing trial is recorded as failed with its
-    reason and the loop goes on. SIGTERM/SIGINT hand the running trial back to the study (failed,
-    and enqueued again with the same params) and return with ``interrupted`` set. The worker
-    does not leave while trials that it might have to take over are running or waiting.
+    Each trial records the worker that ran it (``worker``: host, pid, id, started_at) and its
+    wall time. A failing trial is recorded as failed with its reason and the loop goes on.
+    SIGTERM/SIGINT hand the running trial back to the study (failed, and enqueued again with the
+    same params) and return with ``interrupted`` set. While the budget is used up but trials are
+    still running elsewhere, the worker waits, as it may have to take one over (their worker may
+    die); it leaves once none is running or waiting, or at once when the storage has no
+    heartbeats (nothing could be taken over then).
 
     Args:
         study: the study, opened with heartbeats where the storage supports them.
         cfg: its config (from the study for workers).
         space: its search space.
-        seed: sampler seed for this process (None: derived from the config's seed and the pid).
+        seed: sampler seed for this process (None: the config's seed).
         threads: torch threads (None: the machine's cores split across its live hpo workers).
-        poll_interval: seconds between checks while waiting for other workers' trials.
+        poll_interval: seconds between checks while waiting for other workers' trials
+            (None: the heartbeat interval, at most 2 s).
+        worker_id: this worker's name in trial attrs (None: host-pid-random).
         on_trial: called with each finished trial and its wall seconds (progress output).
         on_start: called once with the budget state before the first trial.
-        enqueued: accepted for API symmetry; enqueue with ``study.enqueue_trial`` beforehand.
     """
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
     from hpo.samplers import build_pruner
     from hpo.samplers import build_sampler
     from objectives import resolve_objective
@@ -508,50 +647,45 @@ def run_worker(
     study.sampler = build_sampler(cfg.sampler, cfg.seed if seed is None else seed, space)
     study.pruner = build_pruner(cfg.pruner)
     host, pid = socket.gethostname(), os.getpid()
-    worker = {"host": host, "pid": pid, "id": f"{host}-{pid}-{uuid.uuid4().hex[:6]}"}
-    summary = RunSummary(study=study.study_name)
+    worker = {"host": host, "pid": pid, "id": worker_id or f"{host}-{pid}-{uuid.uuid4().hex[:6]}"}
+    summary = RunSummary(study=study.study_name, worker=worker)
+    takes_over = _heartbeats_on(study)
+    if poll_interval is None:
+        poll_interval = min(2.0, float(cfg.storage_settings.heartbeat_interval or 2))
     t_start = time.monotonic()
     deadline = t_start + cfg.timeout if cfg.timeout else math.inf
     local = _LocalWorkers()
-    _warn_shared_sqlite(study, cfg.storage)
+    sharing = _SQLiteSharing(cfg.storage)
+    signals = _Signals()
+    signals.install()
     first = True
-    trial = None
     try:
-        with _signals_raise():
-            while True:
-                if time.monotonic() >= deadline:
-                    _LOG.info("timeout of %.0f s reached; this worker stops", cfg.timeout)
+        while True:
+            signals.check()
+            if time.monotonic() >= deadline:
+                _LOG.info("timeout of %.0f s reached; this worker stops", cfg.timeout)
+                break
+            trial, state = _take_trial(study, cfg)
+            if first and on_start is not None:
+                on_start(state)
+            first = False
+            if trial is None:
+                if state["waiting"] == 0 and (state["running"] == 0 or not takes_over):
                     break
-                with budget_lock(study, cfg.storage):
-                    _fail_stale(study)
-                    state = budget_state(study)
-                    if first and on_start is not None:
-                        on_start(state)
-                    first = False
-                    can_ask = (
-                        state["waiting"] > 0
-                        or cfg.n_trials is None
-                        or state["counted"] < cfg.n_trials
-                    )
-                    trial = study.ask() if can_ask else None
-                if trial is None:
-                    if state["running"] == 0 and state["waiting"] == 0:
-                        break
+                with signals.interruptible():
                     time.sleep(poll_interval)  # another worker's trial may still need a retry
-                    continue
-                _set_threads(threads, local)
-                frozen, seconds = _run_one(
-                    study, trial, spec, cfg, space, worker, get_heartbeat_thread
-                )
-                trial = None
+                continue
+            sharing.check(study, trial.number, state)
+            _set_threads(threads, local)
+            result = _run_one(study, trial, spec, cfg, space, worker, signals)
+            if result is not None:
                 summary.ran += 1
                 if on_trial is not None:
-                    on_trial(frozen, seconds)
+                    on_trial(*result)
     except WorkerInterrupted as exc:
         summary.interrupted = str(exc)
-        if trial is not None and _is_running(study, trial):
-            _hand_back(study, trial, f"interrupted by {exc}; handed back to the study")
     finally:
+        signals.restore()
         local.close()
     summary.counts = _counts(study)
     summary.best = best_trial_info(study)
@@ -559,10 +693,40 @@ def run_worker(
     return summary
 
 
-def _is_running(study: optuna.Study, trial: optuna.Trial) -> bool:
-    from optuna.trial import TrialState
+def _take_trial(
+    study: optuna.Study, cfg: StudyConfig
+) -> tuple[optuna.Trial | None, dict[str, int]]:
+    """Fail stale trials, then, under the budget lock, count and take a waiting or a new trial
+    if the budget allows.
 
-    return study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    The lock covers only the count and the trial's creation (a few round trips), so that many
+    workers do not queue behind it. Failing a stale trial needs no lock: only one worker can
+    move it from RUNNING to FAIL, and the count stays the same while it is retried.
+    """
+    import optuna
+
+    fail_stale(study)
+    trial = None
+    with budget_lock(study, cfg.storage):
+        state = budget_state(study)
+        if state["waiting"] == 0 and cfg.n_trials is not None and state["counted"] >= cfg.n_trials:
+            return None, state
+        if state["waiting"] > 0:
+            with quiet_optuna_warnings():
+                trial = study.ask()  # pops a waiting trial first: a retry keeps its params
+        else:
+            trial_id = study._storage.create_new_trial(study._study_id)
+    if trial is None:
+        # What study.ask() does besides creating the trial, outside the lock: samplers then
+        # see the trials as of now, not a list cached for the previous trial.
+        study._thread_local.cached_all_trials = None
+        trial = optuna.Trial(study, trial_id)
+    backend = rdb_backend(study._storage)
+    if backend is not None and backend.get_heartbeat_interval() is not None:
+        # A worker killed before this line leaves a trial without heartbeat: the storage fails
+        # those too, once seen so for a grace period.
+        backend.record_heartbeat(trial._trial_id)
+    return trial, state
 
 
 def _run_one(
@@ -572,35 +736,81 @@ def _run_one(
     cfg: StudyConfig,
     space: SearchSpace,
     worker: dict[str, Any],
-    get_heartbeat_thread: Callable[..., Any],
-) -> tuple[optuna.trial.FrozenTrial, float]:
+    signals: _Signals,
+) -> tuple[optuna.trial.FrozenTrial, float] | None:
+    """Run one trial and tell its result; None when it was taken from this worker."""
     import optuna
     from optuna.trial import TrialState
 
     t0 = time.perf_counter()
     value: float | None = None
     state = TrialState.COMPLETE
-    with get_heartbeat_thread(trial._trial_id, study._storage):
-        trial.set_user_attr("worker", worker)
-        trial.set_user_attr("started_at", _now())
-        params = space.sample(trial)
-        try:
-            value = float(spec.fn(trial, params, cfg.objective_config))
-            if not math.isfinite(value):
-                trial.set_user_attr("fail_reason", f"the objective returned {value}")
+    try:
+        with _Heartbeat(study, trial._trial_id):
+            try:
+                trial.set_user_attr("worker", {**worker, "started_at": _now()})
+                params = space.sample(trial)
+                with signals.interruptible():
+                    value = float(spec.fn(trial, params, cfg.objective_config))
+                if not math.isfinite(value):
+                    trial.set_user_attr("fail_reason", f"the objective returned {value}")
+                    state = TrialState.FAIL
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except WorkerInterrupted as exc:
+                _hand_back(study, trial, f"interrupted by {exc}; handed back to the study")
+                raise
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return _taken_over(trial)
+            except Exception as exc:  # one bad config must not end the study
+                if _taken_from_us(study, trial):
+                    return _taken_over(trial)
+                message = str(exc).splitlines()[0] if str(exc) else ""
+                reason = f"{type(exc).__name__}: {message}"[:500]
+                trial.set_user_attr("fail_reason", reason)
+                _LOG.warning("trial %d failed: %s", trial.number, reason)
                 state = TrialState.FAIL
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except Exception as exc:  # one bad config must not end the study
-            message = str(exc).splitlines()[0] if str(exc) else ""
-            reason = f"{type(exc).__name__}: {message}"[:500]
-            trial.set_user_attr("fail_reason", reason)
-            _LOG.warning("trial %d failed: %s", trial.number, reason)
-            state = TrialState.FAIL
-    seconds = time.perf_counter() - t0
-    trial.set_user_attr("wall_seconds", round(seconds, 3))
-    if state == TrialState.COMPLETE:
-        frozen = study.tell(trial, value)
-    else:
-        frozen = study.tell(trial, state=state)
-    return frozen, seconds
+        seconds = time.perf_counter() - t0
+        trial.set_user_attr("wall_seconds", round(seconds, 3))
+        frozen = _tell(study, trial, value if state == TrialState.COMPLETE else None, state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Either another worker failed it as stale (we lost the database for longer than the
+        # grace period), or a retried tell had in fact been stored: the stored state decides.
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state == TrialState.FAIL:
+            return _taken_over(trial)
+    return frozen, time.perf_counter() - t0
+
+
+def _tell(
+    study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState
+) -> optuna.trial.FrozenTrial:
+    """``study.tell``, the way ``study.optimize`` does it, without reading the whole trial back
+    from the storage before and after (six queries each): the trial object holds what this
+    worker wrote to it. Finishing it still checks its stored state (UpdateFinishedTrialError
+    when another worker failed it as stale)."""
+    from optuna.study._tell import _tell_with_warning
+
+    backend = rdb_backend(study._storage)
+    if backend is not None and hasattr(backend, "remember_trial"):
+        backend.remember_trial(trial._cached_frozen_trial)  # tell reads it back otherwise
+    state, values, _ = _tell_with_warning(
+        study, trial, [value] if value is not None else None, state=state, suppress_warning=True
+    )
+    frozen = copy.deepcopy(trial._cached_frozen_trial)
+    frozen.state = state
+    frozen.values = values
+    frozen.datetime_complete = datetime.datetime.now()
+    return frozen
+
+
+def _taken_from_us(study: optuna.Study, trial: optuna.Trial) -> bool:
+    from optuna.trial import TrialState
+
+    return study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING
+
+
+def _taken_over(trial: optuna.Trial) -> None:
+    _LOG.warning("trial %d was failed as stale while this worker ran it (a database outage "
+                 "longer than the grace period?); its retry runs on another worker", trial.number)
+    return None

@@ -135,25 +135,39 @@ def _cls_only(model: Any, k: int, n_layers: int) -> bool:
 
 
 def compute_prefix(
-    model: Any, enc: Encoded, k: int, pad_id: int, batch_size: int, autocast: Any
+    model: Any,
+    enc: Encoded,
+    k: int,
+    pad_id: int,
+    batch_size: int,
+    autocast: Any,
+    start: tuple[int, list[torch.Tensor]] | None = None,
 ) -> list[torch.Tensor]:
-    """Outputs of the embeddings and the bottom ``k`` layers, one [length, hidden] per example."""
+    """Outputs of the embeddings and the bottom ``k`` layers, one [length, hidden] per example.
+
+    ``start=(j, outputs)``: go on from the outputs of the bottom ``j < k`` layers (a shallower
+    cached prefix) instead of from the embeddings; only layers ``j..k`` run.
+    """
     import torch
     from transformers.masking_utils import create_bidirectional_mask
 
     base = model.base_model
     keep_first = _cls_only(model, k, len(base.encoder.layer))
+    j, states = start if start is not None else (0, None)
     order = np.argsort(enc.lengths, kind="stable")
     out: list[torch.Tensor | None] = [None] * len(enc)
     with torch.inference_mode(), autocast():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            ids, mask = _pad_ids([enc.ids[i] for i in idx], pad_id)
-            hidden = base.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
+        for first in range(0, len(order), batch_size):
+            idx = order[first : first + batch_size]
+            if states is None:
+                ids, mask = _pad_ids([enc.ids[i] for i in idx], pad_id)
+                hidden = base.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
+            else:
+                hidden, mask = _pad_hidden([states[i] for i in idx])
             attn = create_bidirectional_mask(
                 config=base.config, inputs_embeds=hidden, attention_mask=mask
             )
-            for layer in base.encoder.layer[:k]:
+            for layer in base.encoder.layer[j:k]:
                 hidden = layer(hidden, attn)
             hidden = hidden.float()
             for row, i in enumerate(idx):
@@ -175,6 +189,107 @@ def _suffix_only(model: Any, k: int) -> Iterator[None]:
         yield
     finally:
         base.embeddings, base.encoder.layer = embeddings, layers
+
+
+def _cls_top_applies(model: Any) -> bool:
+    # BertForSequenceClassification reads the top layer's first row only (through the pooler).
+    return (
+        type(model).__name__ == "BertForSequenceClassification"
+        and getattr(model.base_model, "pooler", None) is not None
+        and not getattr(model.config, "is_decoder", False)
+        and not getattr(model.config, "chunk_size_feed_forward", 0)
+    )
+
+
+def _cls_top_layer(layer: Any) -> Any:
+    """``layer`` (a BertLayer) computed for the [CLS] row only: keys and values still see every
+    token, but the query, attention output and feed-forward (3/4 of the layer) run on one row.
+    The same outputs as the whole layer for that row; the pooler reads nothing else.
+
+    In training, each dropout draws its mask for the whole layer's shape and keeps the first
+    row: the random stream, and so the run, stays the same as with the whole layer.
+    """
+    import torch
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.bert.modeling_bert import eager_attention_forward
+
+    def drop(x: torch.Tensor, p: float, full: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        if p <= 0:
+            return x
+        keep = like.new_empty(full).bernoulli_(1 - p)[:, :, :1] if len(full) == 4 else (
+            like.new_empty(full).bernoulli_(1 - p)[:, :1])
+        return x * keep / (1 - p)
+
+    class ClsTop(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(
+            self, hidden_states: torch.Tensor, attention_mask: Any = None, *_: Any, **__: Any
+        ) -> torch.Tensor:
+            sa, so, out = self.layer.attention.self, self.layer.attention.output, self.layer.output
+            b, t, h = hidden_states.shape
+            d = sa.attention_head_size
+            cls = hidden_states[:, :1]
+            q = sa.query(cls).view(b, 1, -1, d).transpose(1, 2)
+            k = sa.key(hidden_states).view(b, t, -1, d).transpose(1, 2)
+            v = sa.value(hidden_states).view(b, t, -1, d).transpose(1, 2)
+            mask = attention_mask
+            if mask is not None and mask.dim() == 4:
+                mask = mask[:, :, :1]
+            p = sa.dropout.p if sa.training else 0.0
+            if p > 0:  # as sdpa's math path does it, with the whole layer's dropout draw
+                scores = torch.matmul(q, k.transpose(2, 3)) * sa.scaling
+                if mask is not None:
+                    scores = (scores.masked_fill(~mask, float("-inf"))
+                              if mask.dtype == torch.bool else scores + mask)
+                probs = drop(scores.softmax(-1), p, (b, q.shape[1], t, t), v)
+                attn = torch.matmul(probs.to(v.dtype), v).transpose(1, 2)
+            else:
+                attend = ALL_ATTENTION_FUNCTIONS.get_interface(
+                    sa.config._attn_implementation, eager_attention_forward
+                )
+                attn, _w = attend(sa, q, k, v, mask, scaling=sa.scaling, dropout=0.0)
+            x = so.dense(attn.reshape(b, 1, -1))
+            x = so.LayerNorm(drop(x, so.dropout.p if so.training else 0.0, (b, t, h), x) + cls)
+            y = out.dense(self.layer.intermediate(x))
+            return out.LayerNorm(drop(y, out.dropout.p if out.training else 0.0, (b, t, h), y) + x)
+
+    return ClsTop()
+
+
+def _replays_dropout(layer: Any) -> bool:
+    # Dropouts other than BERT's own three (e.g. LoRA's on the query input) would draw fewer
+    # random numbers on one row and change the run.
+    import torch
+
+    own = {id(layer.attention.self.dropout), id(layer.attention.output.dropout),
+           id(layer.output.dropout)}
+    return all(
+        m.p == 0 or id(m) in own for m in layer.modules() if isinstance(m, torch.nn.Dropout)
+    )
+
+
+@contextlib.contextmanager
+def _cls_top(base: Any | None, training: bool) -> Iterator[None]:
+    """Run the top encoder layer of ``base`` (a BertModel, or None: no change) for [CLS] only:
+    always in evaluation; in training when it gives the same run (see :func:`_replays_dropout`).
+    """
+    layers = base.encoder.layer if base is not None else []
+    if not len(layers):
+        yield
+        return
+    top = layers[-1]
+    wrapped = type(top).__name__ == "ClsTop"  # an outer context did it already
+    if wrapped or (training and top.training and not _replays_dropout(top)):
+        yield
+        return
+    layers[-1] = _cls_top_layer(top)
+    try:
+        yield
+    finally:
+        layers[-1] = top
 
 
 # --- evaluation ---------------------------------------------------------------------------
@@ -211,7 +326,9 @@ def evaluate(
     order = np.argsort(lengths, kind="stable")
     preds = np.zeros(len(inputs), dtype=np.int64)
     total = 0.0
-    with torch.inference_mode(), autocast():
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    top = inner.base_model if _cls_top_applies(inner) else None
+    with torch.inference_mode(), autocast(), _cls_top(top, training=False):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             logits = _forward(model, [inputs[i] for i in idx], pad_id, cached)
@@ -390,6 +507,7 @@ def fine_tune(
         p.requires_grad_(True)
     _set_dropout(model, hp["dropout"])
     splittable = supports_prefix_cache(model)
+    cls_base = model.base_model if _cls_top_applies(model) else None  # before LoRA wraps it
     frozen: list[Any] = []
     if k > 0 and splittable:
         base = model.base_model
@@ -408,8 +526,16 @@ def fine_tune(
         key = (res.key, k, cfg.precision)
         cached = res.prefix_cache.get(key)
         if cached is None:
+            # Go on from the deepest shallower prefix in the cache, if any: layers run once.
+            start: dict[str, Any] = {}
+            for depth in range(k - 1, 0, -1):
+                shallower = res.prefix_cache.get((res.key, depth, cfg.precision))
+                if shallower is not None:
+                    start = {name: (depth, states) for name, states in shallower.items()}
+                    break
             cached = {
-                name: compute_prefix(model, enc, k, res.pad_id, cfg.eval_batch_size, autocast)
+                name: compute_prefix(model, enc, k, res.pad_id, cfg.eval_batch_size, autocast,
+                                     start=start.get(name))
                 for name, enc in (("train", train_enc), ("validation", val_enc))
             }
             size = sum(t.numel() * t.element_size() for v in cached.values() for t in v)
@@ -485,7 +611,7 @@ def fine_tune(
     # Names as in the whole model: inside _suffix_only the layers are renumbered.
     named_trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     context = _suffix_only(model, k) if use_cache else contextlib.nullcontext()
-    with context:
+    with context, _cls_top(cls_base, training=True):
         for seg_index in range(start_segment, len(segments)):
             if stop_at is not None and seen >= stop_at:
                 break

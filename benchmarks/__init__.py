@@ -1,0 +1,1 @@
+"""Benchmarks of hpo (run each as ``python -m benchmarks.<name>``; results in BENCHMARKS.md)."""

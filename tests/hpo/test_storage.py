@@ -1,0 +1,504 @@
+"""hpo.storage: URLs, engine settings, retries, locks, stale trials, schema races."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy
+import sqlalchemy.exc
+import yaml
+from optuna.trial import TrialState
+
+from hpo.errors import StorageError
+from hpo.storage import _RETRIED_METHODS
+from hpo.storage import RetryStaleTrialCallback
+from hpo.storage import StorageSettings
+from hpo.storage import build_storage
+from hpo.storage import filesystem_type
+from hpo.storage import quiet_optuna_warnings
+from hpo.storage import rdb_backend
+from hpo.storage import redact_text
+from hpo.storage import redact_url
+from hpo.storage import retrying
+from hpo.storage import shared_lock
+from hpo.study import _Heartbeat
+from hpo.study import budget_state
+from hpo.study import fail_stale
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest_servers import delete_study  # noqa: E402
+from conftest_servers import fresh_database  # noqa: E402
+from conftest_servers import server_url  # noqa: E402
+from conftest_servers import unique_name  # noqa: E402
+
+HPO = str(Path(sys.executable).with_name("hpo"))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def opened(url: str, settings: StorageSettings | None = None) -> Iterator[Any]:
+    storage = build_storage(url, settings)
+    try:
+        yield storage
+    finally:
+        backend = rdb_backend(storage)
+        if backend is not None:
+            backend.engine.dispose()
+
+
+# --- URLs and passwords ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql+psycopg://bob:s3cret@db:5432/hpo", "postgresql+psycopg://bob:***@db:5432/hpo"),
+        ("mysql+pymysql://bob:p@ss:w@rd@db/hpo", "mysql+pymysql://bob:***@db/hpo"),
+        ("postgresql+psycopg://bob@db/hpo", "postgresql+psycopg://bob@db/hpo"),
+        ("sqlite:///studies.db", "sqlite:///studies.db"),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_redact_text_removes_the_password_anywhere() -> None:
+    url = "postgresql+psycopg://bob:s3cret@db/hpo"
+    text = "failed: password s3cret rejected for postgresql+psycopg://bob:s3cret@db/hpo"
+    assert "s3cret" not in redact_text(text, url)
+
+
+def test_unreachable_server_fails_fast_without_password() -> None:
+    url = "postgresql+psycopg://bob:s3cret@127.0.0.1:1/hpo"
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match=r"^cannot open storage 'postgresql\+psycopg://bob:\*\*\*@") as info:
+        build_storage(url)
+    assert time.monotonic() - t0 < 15
+    assert "s3cret" not in str(info.value)
+
+
+def test_cli_never_prints_the_password(tmp_path: Path) -> None:
+    for args in (["studies"], ["worker", "--study", "x"], ["-v", "--debug", "studies"]):
+        proc = subprocess.run(
+            [HPO, *args, "--storage", "postgresql+psycopg://bob:s3cret@127.0.0.1:1/hpo"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )
+        assert proc.returncode != 0
+        assert "s3cret" not in proc.stdout + proc.stderr
+        assert "bob:***@127.0.0.1" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("redis://localhost", "unsupported storage URL"),
+        ("studies.db", "unsupported storage URL"),
+        ("sqlite:////no/such/dir/x.db", "directory '/no/such/dir' does not exist"),
+    ],
+)
+def test_bad_urls(url: str, match: str) -> None:
+    with pytest.raises(StorageError, match=match):
+        build_storage(url)
+
+
+# --- SQLite ---------------------------------------------------------------------------------
+
+
+def test_sqlite_is_wal_with_busy_timeout_and_heartbeats(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with opened(f"sqlite:///{path}", StorageSettings(heartbeat_interval=2, grace_period=7)) as storage:
+        backend = rdb_backend(storage)
+        assert backend is not None
+        assert backend.engine_kwargs["connect_args"]["timeout"] >= 30
+        assert backend.get_heartbeat_interval() == 2 and backend.grace_period == 7
+        assert isinstance(backend.get_heartbeat_stale_trial_callback(), RetryStaleTrialCallback)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+    with opened(f"sqlite:///{path}") as storage, rdb_backend(storage).engine.connect() as conn:
+        # WAL's own advice: no fsync per commit; a killed process still loses nothing.
+        assert conn.execute(sqlalchemy.text("PRAGMA synchronous")).scalar() == 1
+
+
+def test_heartbeats_can_be_disabled(tmp_path: Path) -> None:
+    with opened(f"sqlite:///{tmp_path / 's.db'}", StorageSettings(heartbeat_interval=0)) as storage:
+        assert rdb_backend(storage).get_heartbeat_interval() is None
+
+
+MOUNTS = """\
+/dev/vda / ext4 rw 0 0
+server:/export /shared nfs4 rw 0 0
+/dev/vdb /shared/local ext4 rw 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "fstype"),
+    [("/shared/studies.db", "nfs4"), ("/shared/local/x.db", "ext4"), ("/home/x.db", "ext4"),
+     ("/sharedx/y.db", "ext4")],
+)
+def test_filesystem_type(path: str, fstype: str) -> None:
+    assert filesystem_type(Path(path), MOUNTS) == fstype
+
+
+def test_sqlite_on_nfs_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("hpo.storage.filesystem_type", lambda path, mounts=None: "nfs4")
+    with caplog.at_level(logging.WARNING, logger="hpo"), opened(f"sqlite:///{tmp_path / 's.db'}"):
+        pass
+    assert "is on a network filesystem (nfs4)" in caplog.text
+
+
+# --- servers: engine settings and locks -----------------------------------------------------
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def server(request: pytest.FixtureRequest) -> str:
+    return server_url(request.param)
+
+
+@pytest.mark.server
+def test_server_engine_settings(server: str) -> None:
+    with opened(server) as storage:
+        engine = rdb_backend(storage).engine
+        assert engine.pool.size() == 3
+        assert engine.pool._recycle == 1800
+        assert optuna.get_all_study_summaries(storage) is not None
+
+
+@pytest.mark.server
+def test_idle_connection_killed_by_the_server_is_replaced(
+    server: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pre-ping of idle pooled connections hands out a live one, with no retry needed."""
+    monkeypatch.setattr("hpo.storage.PING_IDLE_SECONDS", 0.0)
+    postgres = server.startswith("postgresql")
+    with opened(server) as storage, opened(server) as other:
+        study = optuna.create_study(storage=storage)
+        try:
+            backend = rdb_backend(storage)
+            with backend.engine.connect() as conn:  # the connection that goes back to the pool
+                me = conn.execute(sqlalchemy.text(
+                    "SELECT pg_backend_pid()" if postgres else "SELECT CONNECTION_ID()")).scalar()
+            with rdb_backend(other).engine.connect() as admin:
+                admin.execute(sqlalchemy.text(
+                    "SELECT pg_terminate_backend(:id)" if postgres else "KILL :id"), {"id": me})
+                admin.commit()
+            time.sleep(0.2)
+            with caplog.at_level(logging.WARNING, logger="hpo"):
+                for _ in range(backend.engine.pool.size() + 1):
+                    study.set_user_attr("k", 1)
+            assert "storage unreachable" not in caplog.text
+        finally:
+            optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+@pytest.mark.server
+def test_shared_lock_excludes_other_connections(server: str) -> None:
+    """Two storages (two engines: as two processes) never hold the lock at once."""
+    name = unique_name("lock")
+    events: list[str] = []
+    inside = threading.Event()
+    with opened(server) as a, opened(server) as b:
+
+        def second() -> None:
+            inside.wait()
+            with shared_lock(b, server, name):
+                events.append("b")
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        with shared_lock(a, server, name):
+            inside.set()
+            time.sleep(0.5)
+            events.append("a")
+        thread.join(timeout=30)
+    assert events == ["a", "b"]
+
+
+@pytest.mark.server
+def test_shared_lock_survives_losing_its_connection(server: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The server frees the lock of a dropped connection; hpo logs it and carries on."""
+    name = unique_name("lock")
+    kill = {"postgresql": "SELECT pg_terminate_backend(:id)", "mysql": "KILL :id"}
+    ident = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
+    dialect = "postgresql" if server.startswith("postgresql") else "mysql"
+    with opened(server) as storage, opened(server) as other:
+        engine = rdb_backend(storage).engine
+        admin = rdb_backend(other).engine
+        with caplog.at_level(logging.WARNING, logger="hpo"), shared_lock(storage, server, name):
+            # The lock's connection is the one most recently checked out of the pool.
+            with admin.connect() as conn:
+                ids = [r[0] for r in conn.execute(sqlalchemy.text(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory'" if dialect == "postgresql"
+                    else "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO IS NULL AND ID <> CONNECTION_ID()"
+                ))]
+                assert ids
+                for pid in ids:
+                    with contextlib.suppress(Exception):
+                        conn.execute(sqlalchemy.text(kill[dialect]), {"id": pid})
+        assert "lost the database connection that held lock" in caplog.text
+        with shared_lock(storage, server, name):  # free again, and the pool still works
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text(ident[dialect]))
+
+
+# --- retries --------------------------------------------------------------------------------
+
+
+def _operational() -> Exception:
+    return sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+
+def test_retrying_retries_connection_errors_then_succeeds(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+    resets: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise _operational()
+        if len(calls) == 2:
+            raise optuna.exceptions.StorageInternalError("commit failed") from _operational()
+        return "ok"
+
+    with caplog.at_level(logging.WARNING, logger="hpo"):
+        assert retrying(flaky, lambda: 30.0, on_retry=lambda: resets.append(1))() == "ok"
+    assert len(calls) == 3 and len(resets) == 2
+    assert caplog.text.count("storage unreachable") == 2
+
+
+def test_retrying_gives_up_after_its_budget_and_raises_other_errors_at_once() -> None:
+    def down() -> None:
+        raise _operational()
+
+    t0 = time.monotonic()
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        retrying(down, lambda: 1.0)()
+    assert time.monotonic() - t0 < 5
+
+    calls: list[int] = []
+
+    def bug() -> None:
+        calls.append(1)
+        raise ValueError("not a connection problem")
+
+    with pytest.raises(ValueError):
+        retrying(bug, lambda: 30.0)()
+    assert calls == [1]
+
+
+def test_retried_methods_exist_on_rdbstorage() -> None:
+    """A newer optuna that renames these would silently lose the retries: fail here instead."""
+    for name in _RETRIED_METHODS:
+        assert callable(getattr(optuna.storages.RDBStorage, name)), name
+
+
+def test_storage_methods_retry_on_lost_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with opened(f"sqlite:///{tmp_path / 's.db'}", StorageSettings(db_retry_seconds=30)) as storage:
+        study = optuna.create_study(storage=storage, study_name="s")
+        from optuna.storages._rdb import models
+
+        real = models.StudyModel.find_or_raise_by_id
+        failures = iter([True, True])
+
+        def find(*args: Any, **kwargs: Any) -> Any:
+            if next(failures, False):
+                raise _operational()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(models.StudyModel, "find_or_raise_by_id", find)
+        study.set_user_attr("k", 1)  # two lost connections, then it goes through
+        assert study.user_attrs["k"] == 1
+
+
+def test_heartbeat_thread_survives_storage_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = StorageSettings(heartbeat_interval=1, grace_period=3, db_retry_seconds=0)
+    with opened(f"sqlite:///{tmp_path / 's.db'}", settings) as storage:
+        study = optuna.create_study(storage=storage)
+        with quiet_optuna_warnings():
+            trial = study.ask()
+        backend = rdb_backend(storage)
+        beats: list[int] = []
+
+        def record(trial_id: int) -> None:
+            beats.append(trial_id)
+            if len(beats) < 3:
+                raise _operational()
+
+        backend.record_heartbeat = record  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="hpo"), _Heartbeat(study, trial._trial_id):
+            deadline = time.monotonic() + 10
+            while len(beats) < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        assert len(beats) >= 3
+        assert "heartbeat of trial id" in caplog.text
+
+
+# --- stale trials ---------------------------------------------------------------------------
+
+
+def test_stale_trial_is_failed_and_retried_without_the_dead_run_attrs(tmp_path: Path) -> None:
+    settings = StorageSettings(heartbeat_interval=1, grace_period=1)
+    with opened(f"sqlite:///{tmp_path / 's.db'}", settings) as storage:
+        study = optuna.create_study(storage=storage)
+        with quiet_optuna_warnings():
+            trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        trial.set_user_attr("worker", {"id": "dead"})
+        trial.set_user_attr("enqueued_by", "user")
+        rdb_backend(storage).record_heartbeat(trial._trial_id)
+        assert fail_stale(study) == []
+        time.sleep(2.5)
+        assert fail_stale(study) == [trial.number]
+        dead, retry = study.get_trials()
+        assert dead.state == TrialState.FAIL
+        assert dead.user_attrs["fail_reason"].startswith("no heartbeat for 1 s")
+        assert retry.state == TrialState.WAITING and retry.params == dead.params
+        assert retry.user_attrs == {"enqueued_by": "user"}
+        assert retry.system_attrs["retry_history"] == [dead.number]
+        assert budget_state(study) == {"counted": 1, "running": 0, "waiting": 1, "finished": 0,
+                                       "total": 2}
+
+
+def test_running_trial_without_any_heartbeat_is_stale_after_grace(tmp_path: Path) -> None:
+    """A worker killed between creating a trial and its first heartbeat leaves an orphan."""
+    settings = StorageSettings(heartbeat_interval=1, grace_period=1)
+    with opened(f"sqlite:///{tmp_path / 's.db'}", settings) as storage:
+        study = optuna.create_study(storage=storage)
+        with quiet_optuna_warnings():
+            orphan = study.ask()
+        assert fail_stale(study) == []  # first seen now
+        time.sleep(1.5)
+        assert fail_stale(study) == [orphan.number]
+        assert study.get_trials()[1].state == TrialState.WAITING
+
+
+def test_max_retry_bounds_retries(tmp_path: Path) -> None:
+    settings = StorageSettings(heartbeat_interval=1, grace_period=1, max_retry=1)
+    with opened(f"sqlite:///{tmp_path / 's.db'}", settings) as storage:
+        study = optuna.create_study(storage=storage)
+        for _ in range(2):
+            with quiet_optuna_warnings():
+                trial = study.ask()
+            rdb_backend(storage).record_heartbeat(trial._trial_id)
+            time.sleep(2.2)
+            fail_stale(study)
+        states = [t.state for t in study.get_trials()]
+        assert states == [TrialState.FAIL, TrialState.FAIL]  # retried once, then not again
+        assert budget_state(study)["counted"] == 1
+
+
+# --- schema creation races ------------------------------------------------------------------
+
+
+def _race_config(tmp_path: Path, study: str) -> Path:
+    path = tmp_path / "race.yaml"
+    path.write_text(yaml.safe_dump({
+        "study": study, "objective": "toy", "n_steps": 2, "sampler": {"name": "random"},
+        "pruner": {"name": "none"}, "search_space": str(ROOT / "search_spaces" / "toy.yaml"),
+        "n_trials": 8, "heartbeat_interval": 1, "grace_period": 5,
+    }))
+    return path
+
+
+def _race(tmp_path: Path, url: str, n: int) -> None:
+    """``n`` ``hpo run`` processes start at once on a brand-new database."""
+    study = unique_name("race")
+    config = _race_config(tmp_path, study)
+    procs = [
+        subprocess.Popen([HPO, "-q", "run", "--config", str(config), "--storage", url],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        for _ in range(n)
+    ]
+    try:
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+        assert "Traceback" not in err, err[-2000:]
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        trials = optuna.load_study(study_name=study, storage=storage).get_trials()
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    finally:
+        storage.engine.dispose()
+        delete_study(url, study)
+
+
+def test_processes_start_together_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
+    _race(tmp_path, f"sqlite:///{tmp_path / 'fresh.db'}", 4)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_processes_start_together_on_a_fresh_database(tmp_path: Path, kind: str) -> None:
+    with fresh_database(kind) as url:
+        _race(tmp_path, url, 4)
+
+
+# --- the one-statement writes match optuna's ------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 's.db'}"
+    return server_url(request.param)
+
+
+@pytest.mark.server
+def test_fast_writes_store_what_optuna_stores(any_url: str) -> None:
+    with opened(any_url, StorageSettings(heartbeat_interval=5, grace_period=10)) as storage:
+        study = optuna.create_study(storage=storage, study_name=unique_name("fast"))
+        try:
+            backend = rdb_backend(storage)
+            with quiet_optuna_warnings():
+                trial = study.ask()
+            tid = trial._trial_id
+            for step, value in ((1, 0.5), (2, float("inf")), (3, float("-inf")), (4, float("nan"))):
+                backend.set_trial_intermediate_value(tid, step, value)
+            backend.set_trial_intermediate_value(tid, 1, 0.25)  # a step reported again: updated
+            backend.set_trial_user_attr(tid, "a", {"x": [1, 2]})
+            backend.set_trial_user_attr(tid, "a", "updated")
+            backend.set_trial_user_attr(tid, "b", 3)
+            backend.record_heartbeat(tid)
+            backend.record_heartbeat(tid)
+            # The trial as Trial() got it (remembered from its creation) is what is stored.
+            read_back = optuna.storages.RDBStorage.get_trial(backend, tid)
+            created = trial._cached_frozen_trial
+            assert (created.number, created.state, created._trial_id, created.params) == (
+                read_back.number, read_back.state, read_back._trial_id, read_back.params)
+            # MySQL keeps whole seconds (as optuna's own cache of a new trial does not).
+            assert abs((created.datetime_start - read_back.datetime_start).total_seconds()) < 1
+            stored = backend.get_trial(tid)
+            values = stored.intermediate_values
+            assert values[1] == 0.25 and values[2] == float("inf") and values[3] == float("-inf")
+            assert values[4] != values[4]  # nan
+            assert stored.user_attrs == {"a": "updated", "b": 3}
+            assert fail_stale(study) == []  # the heartbeat row exists and is fresh
+            study.tell(trial, 1.0)
+            for write in (lambda: backend.set_trial_intermediate_value(tid, 9, 1.0),
+                          lambda: backend.set_trial_user_attr(tid, "c", 1)):
+                with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+                    write()
+            assert backend.get_trial(tid).user_attrs == {"a": "updated", "b": 3}
+        finally:
+            optuna.delete_study(study_name=study.study_name, storage=storage)

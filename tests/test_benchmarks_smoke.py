@@ -1,0 +1,49 @@
+"""The benchmark scripts' bookkeeping: goal lines, timelines, example counts (no timing)."""
+
+from __future__ import annotations
+
+import math
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks import __main__ as bench_main
+from benchmarks._common import goal_line
+from benchmarks.pruning import curve
+from benchmarks.pruning import examples_to
+from benchmarks.search import best_so_far
+from benchmarks.search import time_to
+
+GOAL_RE = re.compile(r"^GOAL (?P<name>[a-z0-9-]+): (?P<measured>.+) \(target (?P<target>.+)\) (MET|NOT MET)$")
+
+
+@pytest.mark.parametrize("met", [True, False])
+def test_goal_line_has_the_fixed_format(met: bool) -> None:
+    line = goal_line("throughput-full", "1.23x", ">= 1x", met)
+    match = GOAL_RE.match(line)
+    assert match and match["name"] == "throughput-full" and match["target"] == ">= 1x"
+    assert line.endswith(" MET") and (line.endswith("NOT MET") is not met)
+
+
+def test_every_goal_is_run_by_the_entry_point() -> None:
+    assert list(bench_main.BENCHMARKS) == ["throughput", "search", "pruning", "overhead"]
+
+
+def test_best_so_far_keeps_only_improvements_in_time_order() -> None:
+    events = [(5.0, 0.6), (1.0, 0.5), (9.0, 0.55), (12.0, 0.8)]
+    assert best_so_far(events) == [(1.0, 0.5), (5.0, 0.6), (12.0, 0.8)]
+    assert time_to(best_so_far(events), 0.6) == 5.0
+    assert math.isinf(time_to(best_so_far(events), 0.9))
+
+
+def test_pruning_curve_counts_examples_across_trials() -> None:
+    def trial(number: int, history: list[tuple[int, float]], seen: int) -> SimpleNamespace:
+        return SimpleNamespace(number=number, user_attrs={
+            "history": [{"step": s, "val_loss": v} for s, v in history], "examples_seen": seen})
+
+    trials = [trial(1, [(50, 0.5)], 50), trial(0, [(50, 0.7), (100, 0.6)], 100)]
+    points = curve(trials)
+    assert points == [(50, 0.7), (100, 0.6), (150, 0.5)]
+    assert examples_to(points, 0.6) == 100
+    assert math.isinf(examples_to(points, 0.1))
