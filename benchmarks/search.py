@@ -1,7 +1,7 @@
 """(b) End-to-end search: ``hpo run`` vs ``Trainer.hyperparameter_search`` (optuna backend).
 
-Both sides search ``search_spaces/default.yaml`` (learning rate, batch size 8/16/32, frozen
-layers 0-6, weight decay, dropout, warmup ratio) on the same Rotten Tomatoes split (seed 0, max
+Both sides search ``search_spaces/default.yaml`` (learning rate, batch size, frozen layers 0-6,
+weight decay, dropout, warmup ratio) on the same Rotten Tomatoes split (seed 0, max
 length 64) for the same number of trials of 2 epochs, with validation accuracy evaluated every
 half epoch and maximized, the same sampler (optuna TPE, ``n_startup_trials=3``, seeded per run)
 and the same pruner (``MedianPruner(n_startup_trials=3)``), in one process with all cores:
@@ -25,6 +25,7 @@ Run: ``python -m benchmarks.search [--quick]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import tempfile
 import time
@@ -53,7 +54,7 @@ TARGET = 3.0  # ours must reach the target accuracy this many times faster
 N_STARTUP = 3  # random trials before TPE models the space, on both sides
 PRUNER_STARTUP = 3  # complete trials before the median pruner acts, on both sides
 SETTINGS = {
-    "quick": {"max_examples": 200, "n_trials": 4, "seeds": [0]},
+    "quick": {"max_examples": 300, "n_trials": 4, "seeds": [0]},
     "full": {"max_examples": 700, "n_trials": 6, "seeds": [0, 1, 2]},
 }
 
@@ -117,17 +118,17 @@ def run_ours(seed: int, settings: dict[str, Any], work: Path) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _space() -> Any:
+    from hpo.search_space import load_search_space
+
+    return load_search_space(str(SPACE))
+
+
 def suggest(trial: Any) -> dict[str, Any]:
-    """default.yaml, suggested in its order (as ours does), so that both sides draw the same
-    random start-up configurations from the same sampler seed."""
-    return {
-        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 5e-4, log=True),
-        "batch_size": trial.suggest_categorical("batch_size", [8, 16, 32]),
-        "freeze_layers": trial.suggest_int("freeze_layers", 0, 6),
-        "weight_decay": trial.suggest_float("weight_decay", 0.0, 0.1),
-        "dropout": trial.suggest_float("dropout", 0.0, 0.3),
-        "warmup_ratio": trial.suggest_float("warmup_ratio", 0.0, 0.2),
-    }
+    """The space of ours, suggested in the same order (what ``hpo run`` does), so that both sides
+    draw the same random start-up configurations from the same sampler seed."""
+    return _space().sample(trial)
 
 
 def trial_rows(study: Any, seconds: dict[int, float] | None = None) -> list[dict[str, Any]]:
@@ -163,15 +164,15 @@ def run_hf(seed: int, settings: dict[str, Any], work: Path) -> dict[str, Any]:
             return hf_model(n_labels)
         studies[:] = [trial.study]
         p = suggest(trial)
-        return hf_model(n_labels, freeze_layers=p["freeze_layers"], dropout=p["dropout"])
+        return hf_model(n_labels, freeze_layers=p.get("freeze_layers", 0), dropout=p.get("dropout"))
 
     def hp_space(trial: Any) -> dict[str, Any]:
         p = suggest(trial)  # the values model_init drew: optuna returns them again
         return {
-            "learning_rate": p["learning_rate"],
-            "per_device_train_batch_size": p["batch_size"],
-            "weight_decay": p["weight_decay"],
-            "warmup_steps": p["warmup_ratio"],  # a float below 1 is a ratio of the steps
+            "learning_rate": p.get("learning_rate", 5e-5),
+            "per_device_train_batch_size": p.get("batch_size", 32),
+            "weight_decay": p.get("weight_decay", 0.0),
+            "warmup_steps": float(p.get("warmup_ratio", 0.0)),  # below 1: a ratio of the steps
         }
 
     trainer = Trainer(
@@ -229,12 +230,10 @@ def run(quick: bool) -> list[str]:
                 runs[side].append(r)
                 final = r["timeline"][-1][1] if r["timeline"] else float("nan")
                 for t in r["trials"]:
-                    p = t["params"]
+                    params = ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in t["params"].items())
                     log(f"   trial {t['number']} {t['state']:8s} best {t['best'] or 0:.3f} "
-                        f"after {t['n_evals']} evals, {t['seconds'] or 0:5.1f} s: "
-                        f"lr {p['learning_rate']:.1e} bs {p['batch_size']} "
-                        f"freeze {p['freeze_layers']} wd {p['weight_decay']:.3f} "
-                        f"dropout {p['dropout']:.2f} warmup {p['warmup_ratio']:.2f}")
+                        f"after {t['n_evals']} evals, {t['seconds'] or 0:5.1f} s: {params}")
                 log(f"seed {seed} {side:4s}: {r['seconds']:6.1f} s, {r['complete']} complete, "
                     f"{r['pruned']} pruned, best accuracy {final:.3f} first at "
                     f"{r['timeline'][-1][0] if r['timeline'] else float('nan'):.1f} s")

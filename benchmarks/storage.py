@@ -180,7 +180,10 @@ class _OptunaRun:
             return dummy_objective(trial, params, {})
 
         self.times.append(time.perf_counter())
+        # Plain optuna has no retries: a dropped connection (another process restarting or
+        # killing connections on this shared server) fails the trial. Count it and go on.
         self.study.optimize(objective, n_trials=n - len(self.study.trials),
+                            catch=(optuna.exceptions.StorageInternalError,),
                             callbacks=[lambda s, t: self.times.append(time.perf_counter())])
 
     def close(self) -> None:

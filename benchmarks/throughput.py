@@ -51,7 +51,7 @@ MODES: dict[str, dict[str, Any]] = {
 TARGETS = {"full": 1.0, "freeze3": 2.0, "freeze6": 10.0, "lora": 1.0}
 SETTINGS = {  # rows before the 70/15/15 split, repeats per mode
     "quick": {"max_examples": 200, "repeats": 1},
-    "full": {"max_examples": 800, "repeats": 2},
+    "full": {"max_examples": 600, "repeats": 2},
 }
 
 

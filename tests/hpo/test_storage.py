@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,17 +240,18 @@ def test_shared_lock_survives_losing_its_connection(server: str, caplog: pytest.
     with opened(server) as storage, opened(server) as other:
         engine = rdb_backend(storage).engine
         admin = rdb_backend(other).engine
+        key = zlib.crc32(name.encode())
+        holder = (  # the one connection that holds this test's lock, and no other
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 "
+            "AND objid::text::bigint = :key AND objsubid = 1" if dialect == "postgresql"
+            else "SELECT IS_USED_LOCK(CONCAT('hpo-', :key))"
+        )
         with caplog.at_level(logging.WARNING, logger="hpo"), shared_lock(storage, server, name):
-            # The lock's connection is the one most recently checked out of the pool.
             with admin.connect() as conn:
-                ids = [r[0] for r in conn.execute(sqlalchemy.text(
-                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory'" if dialect == "postgresql"
-                    else "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO IS NULL AND ID <> CONNECTION_ID()"
-                ))]
-                assert ids
-                for pid in ids:
-                    with contextlib.suppress(Exception):
-                        conn.execute(sqlalchemy.text(kill[dialect]), {"id": pid})
+                (pid,) = [r[0] for r in conn.execute(sqlalchemy.text(holder), {"key": key})]
+                assert pid is not None
+                conn.execute(sqlalchemy.text(kill[dialect]), {"id": pid})
+                conn.commit()
         assert "lost the database connection that held lock" in caplog.text
         with shared_lock(storage, server, name):  # free again, and the pool still works
             with engine.connect() as conn:
