@@ -182,9 +182,14 @@ class _OptunaRun:
         self.times.append(time.perf_counter())
         # Plain optuna has no retries: a dropped connection (another process restarting or
         # killing connections on this shared server) fails the trial. Count it and go on.
-        self.study.optimize(objective, n_trials=n - len(self.study.trials),
-                            catch=(optuna.exceptions.StorageInternalError,),
-                            callbacks=[lambda s, t: self.times.append(time.perf_counter())])
+        while len(self.study.trials) < n:
+            try:
+                self.study.optimize(objective, n_trials=n - len(self.study.trials),
+                                    catch=(optuna.exceptions.StorageInternalError,),
+                                    callbacks=[lambda s, t: self.times.append(time.perf_counter())])
+            except Exception as exc:  # e.g. the server restarted under optimize()
+                print(f"plain optuna: {type(exc).__name__}; going on", file=sys.stderr)
+                time.sleep(2)
 
     def close(self) -> None:
         import optuna

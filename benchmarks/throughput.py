@@ -152,7 +152,7 @@ def run(quick: bool, modes: list[str] | None = None) -> list[str]:
         target = TARGETS[mode]
         lines.append(goal_line(f"throughput-{mode}", f"{ratio:.2f}x",
                                f">= {target:g}x", ratio >= target))
-    save_json("throughput", {"quick": quick, "settings": settings, "results": results})
+        save_json("throughput", {"quick": quick, "settings": settings, "results": results})
     for line in lines:
         log(line)
     return lines

@@ -306,6 +306,37 @@ def _make_retrying_class() -> type:
 
     base = optuna.storages.RDBStorage
 
+    # Statements built once, with bind parameters: SQLAlchemy then compiles each once per
+    # engine, instead of building and compiling a new statement per report.
+    @functools.cache
+    def _insert_statement(table: Any, columns: tuple[str, ...]) -> Any:
+        trial = models.TrialModel
+        select = sqlalchemy.select(
+            *(sqlalchemy.bindparam(f"v_{k}", type_=table.c[k].type) for k in columns)
+        ).where(trial.trial_id == sqlalchemy.bindparam("running_trial_id"),
+                trial.state == TrialState.RUNNING)
+        return table.insert().from_select(list(columns), select)
+
+    @functools.cache
+    def _stale_query() -> Any:
+        trial = models.TrialModel
+        beat = models.TrialHeartbeatModel
+        return (
+            sqlalchemy.select(trial.trial_id, beat.heartbeat, sqlalchemy.func.now())
+            .outerjoin(beat, beat.trial_id == trial.trial_id)
+            .where(trial.study_id == sqlalchemy.bindparam("study_id"),
+                   trial.state == TrialState.RUNNING)
+        )
+
+    @functools.cache
+    def _beat_statements() -> tuple[Any, Any]:
+        beat = models.TrialHeartbeatModel.__table__
+        trial_id = sqlalchemy.bindparam("beat_trial_id")
+        insert = beat.insert().values(trial_id=trial_id, heartbeat=sqlalchemy.func.now())
+        update = beat.update().where(beat.c.trial_id == trial_id).values(
+            heartbeat=sqlalchemy.func.now())
+        return insert, update  # indexed by "has a heartbeat row already"
+
     class _RetryingRDBStorage(base):  # type: ignore[misc, valid-type]
         _hpo_retry_seconds = 300.0
 
@@ -323,15 +354,8 @@ def _make_retrying_class() -> type:
             # worker died right after creating them) count as stale once seen so for a grace
             # period on this process's own clock: they would otherwise stay RUNNING forever.
             grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
-            trial = models.TrialModel
-            beat = models.TrialHeartbeatModel
-            query = (
-                sqlalchemy.select(trial.trial_id, beat.heartbeat, sqlalchemy.func.now())
-                .outerjoin(beat, beat.trial_id == trial.trial_id)
-                .where(trial.study_id == study_id, trial.state == TrialState.RUNNING)
-            )
             with self.engine.connect() as conn:
-                rows = conn.execute(query).all()
+                rows = conn.execute(_stale_query(), {"study_id": study_id}).all()
             stale, now_mono = [], time.monotonic()
             with self._hpo_lock:
                 seen = {}
@@ -355,17 +379,13 @@ def _make_retrying_class() -> type:
         # the row or raises UpdateFinishedTrialError exactly as before.
 
         def _insert_if_running(self, table: Any, values: dict[str, Any], trial_id: int) -> bool:
-            trial = models.TrialModel
-            columns = list(values)
-            select = sqlalchemy.select(
-                *(sqlalchemy.literal(v, table.c[k].type) for k, v in values.items())
-            ).where(trial.trial_id == trial_id, trial.state == TrialState.RUNNING)
-            statement = table.insert().from_select(columns, select)
+            statement = _insert_statement(table, tuple(values))
+            params = {f"v_{k}": v for k, v in values.items()} | {"running_trial_id": trial_id}
             try:
                 with self.engine.connect().execution_options(
                     isolation_level="AUTOCOMMIT", preserve_rowcount=True
                 ) as conn:
-                    return bool(conn.execute(statement).rowcount == 1)
+                    return bool(conn.execute(statement, params).rowcount == 1)
             except sqlalchemy.exc.IntegrityError:
                 return False  # the row exists: optuna's code updates it
 
@@ -390,17 +410,12 @@ def _make_retrying_class() -> type:
 
         def record_heartbeat(self, trial_id: int) -> None:
             # A trial's first beat inserts its row, the next ones update it: one statement each.
-            beat = models.TrialHeartbeatModel.__table__
-            if trial_id in self._hpo_beating:
-                statement = beat.update().where(beat.c.trial_id == trial_id).values(
-                    heartbeat=sqlalchemy.func.now())
-            else:
-                statement = beat.insert().values(trial_id=trial_id, heartbeat=sqlalchemy.func.now())
+            statement = _beat_statements()[trial_id in self._hpo_beating]
             try:
                 with self.engine.connect().execution_options(
                     isolation_level="AUTOCOMMIT", preserve_rowcount=True
                 ) as conn:
-                    done = conn.execute(statement).rowcount == 1
+                    done = conn.execute(statement, {"beat_trial_id": trial_id}).rowcount == 1
             except sqlalchemy.exc.IntegrityError:
                 done = False
             if not done:
@@ -471,6 +486,22 @@ def rdb_backend(storage: Any) -> optuna.storages.RDBStorage | None:
     return backend if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
+@functools.cache
+def _counts_query() -> Any:
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    trial = models.TrialModel
+    attr = models.TrialSystemAttributeModel
+    return (
+        sqlalchemy.select(trial.state, sqlalchemy.func.count(), sqlalchemy.func.count(attr.trial_id))
+        .outerjoin(attr, sqlalchemy.and_(attr.trial_id == trial.trial_id,
+                                         attr.key == "retry_history"))
+        .where(trial.study_id == sqlalchemy.bindparam("study_id"))
+        .group_by(trial.state)
+    )
+
+
 def trial_counts(storage: Any, study_id: int) -> tuple[dict[str, int], int] | None:
     """Trials of a study by state, and how many are retries, in one query; None if not RDB.
 
@@ -482,22 +513,12 @@ def trial_counts(storage: Any, study_id: int) -> tuple[dict[str, int], int] | No
     backend = rdb_backend(storage)
     if backend is None:
         return None
-    import sqlalchemy
-    from optuna.storages._rdb import models
 
-    trial = models.TrialModel
-    attr = models.TrialSystemAttributeModel
-    query = (
-        sqlalchemy.select(trial.state, sqlalchemy.func.count(), sqlalchemy.func.count(attr.trial_id))
-        .outerjoin(attr, sqlalchemy.and_(attr.trial_id == trial.trial_id,
-                                         attr.key == "retry_history"))
-        .where(trial.study_id == study_id)
-        .group_by(trial.state)
-    )
+    query = _counts_query()
 
     def run() -> list[Any]:
         with backend.engine.connect() as conn:
-            return list(conn.execute(query).all())
+            return list(conn.execute(query, {"study_id": study_id}).all())
 
     rows = retrying(run, lambda: getattr(backend, "_hpo_retry_seconds", 300.0))()
     return {state.name: n for state, n, _ in rows}, sum(r for _, _, r in rows)
