@@ -15,7 +15,8 @@ SQLite is the embedded default for one machine; PostgreSQL (psycopg 3) and MySQL
   filesystem;
 - writes what every trial writes (reports, new user attrs, heartbeats) in one statement each
   instead of optuna's transaction of several queries, and counts trials in one query
-  (:func:`trial_counts`): storage round trips per trial stay few at thousands of trials.
+  (:func:`trial_counts`): storage round trips per trial stay few at thousands of trials (the
+  RDB side lives in :mod:`hpo.rdb`).
 
 Passwords in URLs are never printed: use :func:`redact_url` for anything shown to a person.
 """
@@ -25,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
-import functools
-import json
 import logging
 import os
 import re
@@ -35,15 +34,19 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
-from typing import TypeVar
 
 from hpo.errors import StorageError
+from hpo.rdb import _RETRIED_METHODS  # noqa: F401  (re-exported for tests)
+from hpo.rdb import is_connection_error
+from hpo.rdb import rdb_backend
+from hpo.rdb import retrying
+from hpo.rdb import retrying_rdb_class
+from hpo.rdb import trial_counts
 
 if TYPE_CHECKING:
     import optuna
@@ -66,7 +69,6 @@ __all__ = [
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
 _LOG = logging.getLogger("hpo")
-_T = TypeVar("_T")
 # The userinfo of a URL up to its last "@": a password may itself contain "@" or ":".
 _PASSWORD_RE = re.compile(r"(://[^:/@\s]*:)\S*@")
 # Filesystems on which SQLite's locking is unreliable (several machines see one file).
@@ -74,19 +76,6 @@ _NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "lust
                "beegfs", "ceph", "fuse.ceph", "glusterfs", "fuse.glusterfs", "afs", "fuse.s3fs")
 # User attrs of one run of a trial: a retry of that trial must not inherit them.
 RUN_ATTRS = ("worker", "started_at", "wall_seconds", "fail_reason", "resumed_from")
-# RDBStorage methods that open their own transaction, and so may be retried as a whole. The
-# private ones are what optuna's _CachedStorage (the wrapper every Study uses) calls.
-_RETRIED_METHODS = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
-    "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
-    "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
-    "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
-    "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
-    "get_trial", "get_all_trials", "get_best_trial", "record_heartbeat", "get_current_version",
-    "_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
-)
-
 
 @dataclass(frozen=True)
 class StorageSettings:
@@ -219,61 +208,6 @@ def _ping_idle_connections(engine: Any) -> None:
             raise sqlalchemy.exc.DisconnectionError(str(exc)) from exc
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """Whether ``exc`` means "the database is (for now) unreachable or busy": worth a retry."""
-    import optuna
-    import sqlalchemy.exc
-
-    if isinstance(
-        exc,
-        sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError | sqlalchemy.exc.TimeoutError,
-    ):
-        return True
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, optuna.exceptions.StorageInternalError):
-        cause = exc.__cause__
-        return cause is not None and is_connection_error(cause)
-    return False
-
-
-def retrying(
-    fn: Callable[..., _T],
-    seconds: Callable[[], float],
-    on_retry: Callable[[], None] | None = None,
-) -> Callable[..., _T]:
-    """Wrap ``fn`` to retry on connection errors with exponential backoff for ``seconds()``.
-
-    Other errors are raised at once. ``on_retry`` runs before each new attempt (e.g. to drop a
-    session that holds a dead connection).
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> _T:
-        deadline = time.monotonic() + seconds()
-        delay = 0.25
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                if not is_connection_error(exc) or time.monotonic() + delay > deadline:
-                    raise
-                cause = exc.__cause__ or exc
-                detail = str(getattr(cause, "orig", None) or cause).strip().splitlines()
-                _LOG.warning(
-                    "storage unreachable (%s: %s); retrying in %.1f s",
-                    type(cause).__name__,
-                    detail[0][:200] if detail else "",
-                    delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                if on_retry is not None:
-                    with contextlib.suppress(Exception):
-                        on_retry()
-
-    return wrapper
-
 
 class RetryStaleTrialCallback:
     """``RetryHeartbeatStaleTrialCallback`` whose retry leaves out the dead run's worker attrs.
@@ -294,234 +228,6 @@ class RetryStaleTrialCallback:
         trial = copy.deepcopy(trial)
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}
         self._inner(study, trial)
-
-
-def _make_retrying_class() -> type:
-    """An RDBStorage whose calls survive a database restart (retry with backoff)."""
-    import optuna
-    import sqlalchemy
-    import sqlalchemy.exc
-    from optuna.storages._rdb import models
-    from optuna.trial import TrialState
-
-    base = optuna.storages.RDBStorage
-
-    # Statements built once, with bind parameters: SQLAlchemy then compiles each once per
-    # engine, instead of building and compiling a new statement per report.
-    @functools.cache
-    def _insert_statement(table: Any, columns: tuple[str, ...]) -> Any:
-        trial = models.TrialModel
-        select = sqlalchemy.select(
-            *(sqlalchemy.bindparam(f"v_{k}", type_=table.c[k].type) for k in columns)
-        ).where(trial.trial_id == sqlalchemy.bindparam("running_trial_id"),
-                trial.state == TrialState.RUNNING)
-        return table.insert().from_select(list(columns), select)
-
-    @functools.cache
-    def _stale_query() -> Any:
-        trial = models.TrialModel
-        beat = models.TrialHeartbeatModel
-        return (
-            sqlalchemy.select(trial.trial_id, beat.heartbeat, sqlalchemy.func.now())
-            .outerjoin(beat, beat.trial_id == trial.trial_id)
-            .where(trial.study_id == sqlalchemy.bindparam("study_id"),
-                   trial.state == TrialState.RUNNING)
-        )
-
-    @functools.cache
-    def _beat_statements() -> tuple[Any, Any]:
-        beat = models.TrialHeartbeatModel.__table__
-        trial_id = sqlalchemy.bindparam("beat_trial_id")
-        insert = beat.insert().values(trial_id=trial_id, heartbeat=sqlalchemy.func.now())
-        update = beat.update().where(beat.c.trial_id == trial_id).values(
-            heartbeat=sqlalchemy.func.now())
-        return insert, update  # indexed by "has a heartbeat row already"
-
-    class _RetryingRDBStorage(base):  # type: ignore[misc, valid-type]
-        _hpo_retry_seconds = 300.0
-
-        def __init__(self, *args: Any, retry_seconds: float = 300.0, **kwargs: Any) -> None:
-            self._hpo_retry_seconds = retry_seconds
-            self._hpo_no_heartbeat: dict[int, float] = {}  # trial id -> first seen (monotonic)
-            self._hpo_beating: set[int] = set()  # trials whose heartbeat row exists
-            self._hpo_user_attrs: set[tuple[int, str]] = set()  # (trial id, key) rows written
-            self._hpo_fresh: tuple[int, Any] | None = None  # the trial created last, unread
-            self._hpo_lock = threading.Lock()
-            super().__init__(*args, **kwargs)
-
-        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-            # One query instead of optuna's two, and RUNNING trials without any heartbeat (their
-            # worker died right after creating them) count as stale once seen so for a grace
-            # period on this process's own clock: they would otherwise stay RUNNING forever.
-            grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
-            with self.engine.connect() as conn:
-                rows = conn.execute(_stale_query(), {"study_id": study_id}).all()
-            stale, now_mono = [], time.monotonic()
-            with self._hpo_lock:
-                seen = {}
-                for trial_id, heartbeat, now in rows:
-                    if heartbeat is None:
-                        first = self._hpo_no_heartbeat.get(trial_id, now_mono)
-                        seen[trial_id] = first
-                        if now_mono - first > grace:
-                            stale.append(trial_id)
-                    elif (now.replace(tzinfo=None) - heartbeat).total_seconds() > grace:
-                        stale.append(trial_id)
-                self._hpo_no_heartbeat = seen
-            return stale
-
-        # --- fewer round trips for what every trial does ---------------------------------
-        # optuna runs each write below as a transaction of two to four queries (find the trial,
-        # check that it is RUNNING, look for the row, insert or update). With ten reports that
-        # is most of a trial's storage time. Writes of a new row go here as one INSERT ...
-        # SELECT in autocommit, which inserts only while the trial is RUNNING; anything else (a
-        # row that exists, a finished trial) falls back to optuna's own code, which updates
-        # the row or raises UpdateFinishedTrialError exactly as before.
-
-        def _insert_if_running(self, table: Any, values: dict[str, Any], trial_id: int) -> bool:
-            statement = _insert_statement(table, tuple(values))
-            params = {f"v_{k}": v for k, v in values.items()} | {"running_trial_id": trial_id}
-            try:
-                with self.engine.connect().execution_options(
-                    isolation_level="AUTOCOMMIT", preserve_rowcount=True
-                ) as conn:
-                    return bool(conn.execute(statement, params).rowcount == 1)
-            except sqlalchemy.exc.IntegrityError:
-                return False  # the row exists: optuna's code updates it
-
-        def set_trial_intermediate_value(
-            self, trial_id: int, step: int, intermediate_value: float
-        ) -> None:
-            model = models.TrialIntermediateValueModel
-            stored, value_type = model.intermediate_value_to_stored_repr(intermediate_value)
-            values = {"trial_id": trial_id, "step": step, "intermediate_value": stored,
-                      "intermediate_value_type": value_type}
-            if not self._insert_if_running(model.__table__, values, trial_id):
-                base.set_trial_intermediate_value(self, trial_id, step, intermediate_value)
-
-        def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-            known = (trial_id, key) in self._hpo_user_attrs
-            values = {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
-            table = models.TrialUserAttributeModel.__table__
-            if known or not self._insert_if_running(table, values, trial_id):
-                base.set_trial_user_attr(self, trial_id, key, value)
-            with self._hpo_lock:
-                self._hpo_user_attrs.add((trial_id, key))
-
-        def record_heartbeat(self, trial_id: int) -> None:
-            # A trial's first beat inserts its row, the next ones update it: one statement each.
-            statement = _beat_statements()[trial_id in self._hpo_beating]
-            try:
-                with self.engine.connect().execution_options(
-                    isolation_level="AUTOCOMMIT", preserve_rowcount=True
-                ) as conn:
-                    done = conn.execute(statement, {"beat_trial_id": trial_id}).rowcount == 1
-            except sqlalchemy.exc.IntegrityError:
-                done = False
-            if not done:
-                base.record_heartbeat(self, trial_id)
-            with self._hpo_lock:
-                self._hpo_beating.add(trial_id)
-
-        def remember_trial(self, frozen: Any) -> None:
-            """Answer the next ``get_trial`` of this trial from ``frozen``, not the database.
-
-            optuna reads a running trial back in full (six queries) right after creating it
-            (``Trial()``) and at ``tell``, when this process holds it already. Whatever that
-            read is for, the state change that follows checks the stored state itself.
-            """
-            with self._hpo_lock:
-                self._hpo_fresh = (frozen._trial_id, frozen)
-
-        def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
-            frozen = base._create_new_trial(self, study_id, template_trial)
-            if template_trial is None:
-                self.remember_trial(frozen)
-            return frozen
-
-        def get_trial(self, trial_id: int) -> Any:
-            with self._hpo_lock:
-                fresh, self._hpo_fresh = self._hpo_fresh, None
-            if fresh is not None and fresh[0] == trial_id:
-                return copy.deepcopy(fresh[1])
-            return base.get_trial(self, trial_id)
-
-        def set_trial_state_values(
-            self, trial_id: int, state: TrialState, values: Any = None
-        ) -> bool:
-            if state.is_finished():
-                with self._hpo_lock:
-                    self._hpo_beating.discard(trial_id)
-                    self._hpo_user_attrs = {k for k in self._hpo_user_attrs if k[0] != trial_id}
-            return bool(base.set_trial_state_values(self, trial_id, state, values))
-
-    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(method)
-        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return retrying(
-                lambda: method(self, *args, **kwargs),
-                lambda: self._hpo_retry_seconds,
-                on_retry=self.scoped_session.remove,  # never reuse a session on a dead connection
-            )()
-
-        return call
-
-    own = dict(vars(_RetryingRDBStorage))  # our overrides are retried as well
-    for name in (*_RETRIED_METHODS, "_get_stale_trial_ids"):
-        setattr(_RetryingRDBStorage, name, wrap(own.get(name) or getattr(base, name)))
-    _RetryingRDBStorage.__name__ = _RetryingRDBStorage.__qualname__ = "RDBStorage"
-    return _RetryingRDBStorage
-
-
-@functools.cache
-def _retrying_class() -> type:
-    return _make_retrying_class()
-
-
-def rdb_backend(storage: Any) -> optuna.storages.RDBStorage | None:
-    """The RDBStorage behind a study's storage (optuna wraps it in a cache), or None."""
-    import optuna
-
-    backend = getattr(storage, "_backend", storage)
-    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
-
-
-@functools.cache
-def _counts_query() -> Any:
-    import sqlalchemy
-    from optuna.storages._rdb import models
-
-    trial = models.TrialModel
-    attr = models.TrialSystemAttributeModel
-    return (
-        sqlalchemy.select(trial.state, sqlalchemy.func.count(), sqlalchemy.func.count(attr.trial_id))
-        .outerjoin(attr, sqlalchemy.and_(attr.trial_id == trial.trial_id,
-                                         attr.key == "retry_history"))
-        .where(trial.study_id == sqlalchemy.bindparam("study_id"))
-        .group_by(trial.state)
-    )
-
-
-def trial_counts(storage: Any, study_id: int) -> tuple[dict[str, int], int] | None:
-    """Trials of a study by state, and how many are retries, in one query; None if not RDB.
-
-    Returns ``({"COMPLETE": 10, "RUNNING": 2, ...}, n_retries)``, where ``n_retries`` counts
-    the trials that retry a failed one (they carry a ``retry_history`` system attr): as many as
-    failed trials that were retried. Loading every trial for this costs milliseconds per ask
-    at thousands of trials; this query does not grow with them in round trips.
-    """
-    backend = rdb_backend(storage)
-    if backend is None:
-        return None
-
-    query = _counts_query()
-
-    def run() -> list[Any]:
-        with backend.engine.connect() as conn:
-            return list(conn.execute(query, {"study_id": study_id}).all())
-
-    rows = retrying(run, lambda: getattr(backend, "_hpo_retry_seconds", 300.0))()
-    return {state.name: n for state, n, _ in rows}, sum(r for _, _, r in rows)
 
 
 @contextlib.contextmanager
@@ -784,7 +490,7 @@ def build_storage(
                 f"storage {redact_url(url)!r}: directory {str(path.parent)!r} does not exist"
             )
         _warn_network_fs(path)
-    cls = _retrying_class()
+    cls = retrying_rdb_class()
     last: Exception | None = None
     for attempt in range(5):
         try:

@@ -44,6 +44,7 @@ from hpo.errors import DataMismatchError
 from hpo.errors import SearchSpaceError
 from hpo.errors import StudyConfigConflictError
 from hpo.errors import StudyNotFoundError
+from hpo.rdb import adopt_trial
 from hpo.search_space import SearchSpace
 from hpo.search_space import load_search_space
 from hpo.search_space import search_space_from_dict
@@ -317,12 +318,7 @@ def budget_state(study: optuna.Study) -> dict[str, int]:
 
     counts = trial_counts(study._storage, study._study_id)
     if counts is not None:  # RDB storages: one query
-        by_state, n_retries = counts
-        total = sum(by_state.values())
-        running, waiting = by_state.get("RUNNING", 0), by_state.get("WAITING", 0)
-        counted = total - n_retries
-        return {"counted": counted, "running": running, "waiting": waiting,
-                "finished": counted - running - waiting, "total": total}
+        return _state(*counts)
     trials = study.get_trials(deepcopy=False)
     retried = set()
     for t in trials:
@@ -341,6 +337,15 @@ def budget_state(study: optuna.Study) -> dict[str, int]:
         else:
             state["finished"] += 1
     return state
+
+
+def _state(by_state: dict[str, int], n_retries: int) -> dict[str, int]:
+    """budget_state from trial counts by state name and the number of retries."""
+    total = sum(by_state.values())
+    running, waiting = by_state.get("RUNNING", 0), by_state.get("WAITING", 0)
+    counted = total - n_retries
+    return {"counted": counted, "running": running, "waiting": waiting,
+            "finished": counted - running - waiting, "total": total}
 
 
 def _heartbeats_on(study: optuna.Study) -> bool:
@@ -706,6 +711,26 @@ def _take_trial(
     import optuna
 
     fail_stale(study)
+    backend = rdb_backend(study._storage)
+    beats = backend is not None and backend.get_heartbeat_interval() is not None
+    take = getattr(backend, "create_trial_if", None)
+    if take is not None:
+        # PostgreSQL/MySQL: count and create in one transaction under the study's row lock.
+        def allow(by_state: dict[str, int], n_retries: int) -> bool:
+            state = _state(by_state, n_retries)
+            return state["waiting"] == 0 and (cfg.n_trials is None or state["counted"] < cfg.n_trials)
+
+        taken = take(study._study_id, allow, beats)
+        if taken is not None:
+            frozen, by_state, n_retries = taken
+            state = _state(by_state, n_retries)
+            if frozen is not None:
+                adopt_trial(study._storage, study._study_id, frozen)
+                study._thread_local.cached_all_trials = None  # see below
+                return optuna.Trial(study, frozen._trial_id), state
+            if state["waiting"] == 0:
+                return None, state
+            # A waiting trial (a retry) to pop: study.ask() under the budget lock, below.
     trial = None
     with budget_lock(study, cfg.storage):
         state = budget_state(study)
@@ -721,8 +746,7 @@ def _take_trial(
         # see the trials as of now, not a list cached for the previous trial.
         study._thread_local.cached_all_trials = None
         trial = optuna.Trial(study, trial_id)
-    backend = rdb_backend(study._storage)
-    if backend is not None and backend.get_heartbeat_interval() is not None:
+    if beats:
         # A worker killed before this line leaves a trial without heartbeat: the storage fails
         # those too, once seen so for a grace period.
         backend.record_heartbeat(trial._trial_id)

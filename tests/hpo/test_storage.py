@@ -504,3 +504,73 @@ def test_fast_writes_store_what_optuna_stores(any_url: str) -> None:
             assert backend.get_trial(tid).user_attrs == {"a": "updated", "b": 3}
         finally:
             optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def server_only(request: pytest.FixtureRequest) -> str:
+    return server_url(request.param)
+
+
+@pytest.mark.server
+def test_take_counts_and_creates_in_one_transaction_within_the_budget(server_only: str) -> None:
+    """8 threads, each on its own storage (its own connections), race for a budget of 20."""
+    import threading
+
+    from hpo.rdb import adopt_trial
+
+    name = unique_name("take")
+    settings = StorageSettings(heartbeat_interval=5, grace_period=10)
+    with opened(server_only, settings) as storage:
+        optuna.create_study(storage=storage, study_name=name)
+    budget, taken, errors = 20, [], []
+
+    def allow(counts: dict[str, int], n_retries: int) -> bool:
+        return sum(counts.values()) - n_retries < budget
+
+    def worker() -> None:
+        try:
+            with opened(server_only, settings) as mine:
+                study = optuna.load_study(study_name=name, storage=mine)
+                backend = rdb_backend(mine)
+                while True:
+                    frozen, counts, _ = backend.create_trial_if(study._study_id, allow, True)
+                    if frozen is None:
+                        assert sum(counts.values()) == budget
+                        return
+                    assert frozen.number == sum(counts.values())  # numbered after the others
+                    adopt_trial(study._storage, study._study_id, frozen)
+                    trial = optuna.Trial(study, frozen._trial_id)
+                    trial.suggest_float("x", 0, 1)  # the cache knows the trial
+                    study.tell(trial, 1.0)
+                    taken.append(frozen.number)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        assert sorted(taken) == list(range(budget))
+        with opened(server_only) as storage:
+            trials = optuna.load_study(study_name=name, storage=storage).trials
+            assert [t.number for t in trials] == list(range(budget))
+            assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+            # The first heartbeat went in with the trial: none is stale or missing.
+            with rdb_backend(storage).engine.connect() as conn:
+                import sqlalchemy
+                from optuna.storages._rdb import models
+                ids = [t._trial_id for t in trials]
+                beats = conn.execute(sqlalchemy.select(sqlalchemy.func.count()).select_from(
+                    models.TrialHeartbeatModel).where(models.TrialHeartbeatModel.trial_id.in_(ids))).scalar()
+            assert beats == budget
+    finally:
+        delete_study(server_only, name)
+
+
+def test_take_in_one_transaction_is_for_servers_only(tmp_path: Path) -> None:
+    with opened(f"sqlite:///{tmp_path / 's.db'}") as storage:
+        study = optuna.create_study(storage=storage)
+        assert rdb_backend(storage).create_trial_if(study._study_id, lambda c, r: True, True) is None
