@@ -33,7 +33,8 @@ export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
 hpo create --config "$CONFIG" --study "$STUDY"
 
 # `exec` is not used: bash must stay to pass SLURM's SIGTERM on to the worker (--signal=B:).
-hpo worker --study "$STUDY" --threads "${SLURM_CPUS_PER_TASK:-1}" &
+hpo worker --study "$STUDY" --threads "${SLURM_CPUS_PER_TASK:-1}" \
+  --worker-id "slurm-${SLURM_ARRAY_JOB_ID:-0}_${SLURM_ARRAY_TASK_ID:-0}" &
 worker=$!
 trap 'kill -TERM "$worker" 2>/dev/null' TERM INT
 wait "$worker" || status=$?

@@ -155,14 +155,20 @@ def create(config_path: str, allow: bool, **overrides: Any) -> None:
 @storage_option
 @study_option()
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads (default: cores / local workers).")
+@click.option("--worker-id", envvar="HPO_WORKER_ID", metavar="NAME",
+              help="This worker's name in the trials it runs, e.g. a SLURM task or pod name "
+              "(env HPO_WORKER_ID; default: host-pid-random).")
 @format_option
 @click.pass_context
-def worker(ctx: click.Context, storage: str | None, study: str, threads: int | None, fmt: str) -> None:
+def worker(ctx: click.Context, storage: str | None, study: str, threads: int | None,
+           worker_id: str | None, fmt: str) -> None:
     """Join a study: read its config from the storage and run trials until its budget is used."""
     from hpo.runner import run_study_worker
 
+    if worker_id is not None and not worker_id.strip():
+        raise click.BadParameter("must not be empty", param_hint="'--worker-id'")
     summary, metric = run_study_worker(storage or DEFAULT_STORAGE, study, threads=threads,
-                                       quiet=ctx.obj["quiet"])
+                                       quiet=ctx.obj["quiet"], worker_id=worker_id)
     _print_summary(summary, metric, fmt)
     if summary.interrupted:
         ctx.exit(130)

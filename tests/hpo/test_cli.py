@@ -137,6 +137,24 @@ def test_default_storage_is_studies_db(tmp_path: Path, monkeypatch: pytest.Monke
     assert (tmp_path / "studies.db").exists()
 
 
+def test_worker_id_names_the_worker_in_its_trials(tmp_path: Path) -> None:
+    config = toy_config(tmp_path, n_trials=2)
+    url = f"sqlite:///{tmp_path / 'toy.db'}"
+    assert invoke("create", "--config", str(config)).exit_code == 0
+    result = invoke("worker", "--storage", url, "--study", "toy", "--worker-id", "slurm-7_3")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="toy", storage=url)
+    assert [t.user_attrs["worker"]["id"] for t in study.trials] == ["slurm-7_3", "slurm-7_3"]
+    # From the environment (a Kubernetes pod name), as the job files in deploy/ do.
+    other = toy_config(tmp_path, study="toy-env", n_trials=1)
+    assert invoke("create", "--config", str(other)).exit_code == 0
+    result = invoke("worker", "--storage", url, "--study", "toy-env", env={"HPO_WORKER_ID": "pod-a"})
+    assert result.exit_code == 0, result.output
+    trial = optuna.load_study(study_name="toy-env", storage=url).trials[0]
+    assert trial.user_attrs["worker"]["id"] == "pod-a"
+    assert invoke("worker", "--storage", url, "--study", "toy", "--worker-id", " ").exit_code == 2
+
+
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
     space = tmp_path / "fail.yaml"
     space.write_text("x: {type: float, low: 0, high: 1}\nfail: {type: categorical, choices: [true, false]}\n")
