@@ -22,6 +22,7 @@ from objectives.text_classification import TextClassificationConfig
 from objectives.text_classification import objective
 from objectives.text_classification import resolve_params
 from objectives.text_classification import validate_space
+from objectives.training import _fresh_model
 from objectives.training import _suffix_only
 from objectives.training import compute_prefix
 from objectives.training import evaluate
@@ -95,9 +96,30 @@ def test_frozen_layers_get_no_gradient_and_no_optimizer_state(cfg: TextClassific
 def test_base_model_is_never_trained(cfg: TextClassificationConfig) -> None:
     res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
     before = {k: v.clone() for k, v in res.base_model.state_dict().items()}
-    run_trial(cfg, {"batch_size": 8, "learning_rate": 1e-2})
+    for params in ({"freeze_layers": 1}, {}, {"freeze_layers": 2}, {"r": 4}):
+        run_trial(cfg, {"batch_size": 8, "learning_rate": 1e-2, **params})
     after = res.base_model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(p.requires_grad for p in res.base_model.parameters())
+
+
+def test_frozen_weights_are_shared_with_the_base_model_not_copied(
+    cfg: TextClassificationConfig,
+) -> None:
+    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
+    base = res.base_model
+    model, shared = _fresh_model(base, 1, lora=False)
+    frozen = [base.base_model.embeddings, base.base_model.encoder.layer[0]]
+    assert shared == {id(p) for m in frozen for p in m.parameters()}
+    mine = model.base_model
+    assert mine.encoder.layer[0].attention.self.query.weight is frozen[1].attention.self.query.weight
+    assert mine.encoder.layer[1].attention.self.query.weight is not base.base_model.encoder.layer[1].attention.self.query.weight
+    assert mine.encoder.layer[0] is not frozen[1]  # modules are the trial's own (dropout, mode)
+    # Full fine-tuning and LoRA (whose adapters may be merged into the weights) copy everything.
+    for k, lora in ((0, False), (1, True)):
+        model, shared = _fresh_model(base, k, lora=lora)
+        assert not shared
+        assert not {id(p) for p in model.parameters()} & {id(p) for p in base.parameters()}
 
 
 @pytest.mark.parametrize("k", [1, 2])
