@@ -158,6 +158,16 @@ def _make_retrying_class() -> type:
             state=TrialState.RUNNING, datetime_start=sqlalchemy.bindparam("start"))
         return lock, insert
 
+    @functools.cache
+    def _finish_statements() -> tuple[Any, Any]:
+        trials = models.TrialModel.__table__
+        finish = (trials.update()
+                  .where(trials.c.trial_id == sqlalchemy.bindparam("finish_trial_id"),
+                         trials.c.state == TrialState.RUNNING)
+                  .values(state=sqlalchemy.bindparam("new_state"),
+                          datetime_complete=sqlalchemy.bindparam("complete")))
+        return finish, models.TrialValueModel.__table__.insert()
+
     class _RetryingRDBStorage(base):  # type: ignore[misc, valid-type]
         _hpo_retry_seconds = 300.0
 
@@ -321,7 +331,58 @@ def _make_retrying_class() -> type:
                 with self._hpo_lock:
                     self._hpo_beating.discard(trial_id)
                     self._hpo_user_attrs = {k for k in self._hpo_user_attrs if k[0] != trial_id}
+                if self._finish_running(trial_id, state, values):
+                    return True
             return bool(base.set_trial_state_values(self, trial_id, state, values))
+
+        def _finish_running(self, trial_id: int, state: TrialState, values: Any) -> bool:
+            # Finishing a RUNNING trial: one UPDATE that only matches while it is RUNNING, and
+            # its values, in one transaction (optuna: read it FOR UPDATE, check, look up each
+            # value row, write). Anything else (not RUNNING any more, a value row that exists)
+            # rolls back and goes to optuna's code, which raises or updates as before.
+            finish, insert_value = _finish_statements()
+            rows = []
+            for objective, value in enumerate(values or ()):
+                stored, value_type = models.TrialValueModel.value_to_stored_repr(value)
+                rows.append({"trial_id": trial_id, "objective": objective, "value": stored,
+                             "value_type": value_type})
+            try:
+                with self.engine.connect().execution_options(preserve_rowcount=True) as conn:
+                    with conn.begin() as transaction:
+                        done = conn.execute(finish, {"finish_trial_id": trial_id, "new_state": state,
+                                                     "complete": datetime.datetime.now()})
+                        if done.rowcount != 1:
+                            transaction.rollback()
+                            return False
+                        if rows:
+                            conn.execute(insert_value, rows)
+            except sqlalchemy.exc.IntegrityError:
+                return False
+            return True
+
+        def _set_trial_param(
+            self,
+            trial_id: int,
+            param_name: str,
+            param_value_internal: float,
+            distribution: Any,
+            previous_distribution: Any,
+        ) -> None:
+            # optuna's storage cache passes the distribution this param had in earlier trials;
+            # with it, the param is one INSERT ... SELECT while the trial is RUNNING (optuna:
+            # find the trial, check it, insert, in a transaction). Without it (the study's first
+            # use of the name), or when the insert does not apply, optuna's code runs.
+            if previous_distribution is not None:
+                optuna.distributions.check_distribution_compatibility(
+                    previous_distribution, distribution)
+                values = {"trial_id": trial_id, "param_name": param_name,
+                          "param_value": param_value_internal,
+                          "distribution_json": optuna.distributions.distribution_to_json(
+                              distribution)}
+                if self._insert_if_running(models.TrialParamModel.__table__, values, trial_id):
+                    return
+            base._set_trial_param(self, trial_id, param_name, param_value_internal, distribution,
+                                  previous_distribution)
 
     def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)

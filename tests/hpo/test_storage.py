@@ -574,3 +574,42 @@ def test_take_in_one_transaction_is_for_servers_only(tmp_path: Path) -> None:
     with opened(f"sqlite:///{tmp_path / 's.db'}") as storage:
         study = optuna.create_study(storage=storage)
         assert rdb_backend(storage).create_trial_if(study._study_id, lambda c, r: True, True) is None
+
+
+@pytest.mark.server
+def test_fast_params_and_tell_store_what_optuna_stores(any_url: str) -> None:
+    with opened(any_url, StorageSettings(heartbeat_interval=5, grace_period=10)) as storage:
+        study = optuna.create_study(storage=storage, study_name=unique_name("fastp"))
+        try:
+            backend = rdb_backend(storage)
+            with quiet_optuna_warnings():
+                for value in (3.0, float("inf"), None):
+                    trial = study.ask()  # the second and third ask use the fast path
+                    x = trial.suggest_float("x", 0.0, 1.0)
+                    n = trial.suggest_int("n", 1, 8)
+                    c = trial.suggest_categorical("c", ["a", "b"])
+                    if value is None:
+                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    else:
+                        study.tell(trial, value)
+                    stored = optuna.storages.RDBStorage.get_trial(backend, trial._trial_id)
+                    assert stored.params == {"x": x, "n": n, "c": c}
+                    assert stored.distributions == trial.distributions
+                    assert stored.values == (None if value is None else [value])
+                    assert stored.state == (optuna.trial.TrialState.PRUNED if value is None
+                                            else optuna.trial.TrialState.COMPLETE)
+                    assert stored.datetime_complete is not None
+                trial = study.ask()
+                with pytest.raises(ValueError, match="different distribution kind"):
+                    trial.suggest_int("x", 0, 5)  # another distribution for "x": refused
+                study.tell(trial, 1.0)
+                with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+                    backend.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.COMPLETE, [2.0])
+                with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+                    backend._set_trial_param(trial._trial_id, "y", 0.5,
+                                             optuna.distributions.FloatDistribution(0, 1),
+                                             optuna.distributions.FloatDistribution(0, 1))
+            assert optuna.storages.RDBStorage.get_trial(backend, trial._trial_id).values == [1.0]
+            assert study.best_value == 1.0
+        finally:
+            optuna.delete_study(study_name=study.study_name, storage=storage)
