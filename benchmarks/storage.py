@@ -345,6 +345,71 @@ def parallel(url: str, workers: list[int], per_worker: int, tmp: Path) -> list[d
     return rows
 
 
+# --- statements per trial -------------------------------------------------------------------
+
+
+def count_statements(url: str, n: int = 100) -> dict[str, dict[str, float]]:
+    """Statements and pool checkouts per trial, hpo's worker loop vs ``study.optimize``, counted
+    with SQLAlchemy events over ``n`` trials after 20 warm-up trials (dummy objective)."""
+    import collections
+    import dataclasses
+
+    import optuna
+    import sqlalchemy
+
+    from hpo.storage import rdb_backend
+    from hpo.study import create_study
+    from hpo.study import load_study
+    from hpo.study import run_worker
+
+    def counting(engine: Any, run: Callable[[], Any]) -> dict[str, float]:
+        kinds: collections.Counter[str] = collections.Counter()
+        checkouts = [0]
+
+        def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+            kinds[sql.split()[0].upper()] += 1
+
+        def checkout(*args: Any) -> None:
+            checkouts[0] += 1
+
+        sqlalchemy.event.listen(engine, "before_cursor_execute", statement)
+        sqlalchemy.event.listen(engine, "checkout", checkout)
+        try:
+            run()
+        finally:
+            sqlalchemy.event.remove(engine, "before_cursor_execute", statement)
+            sqlalchemy.event.remove(engine, "checkout", checkout)
+        return {"statements": sum(kinds.values()) / n, **{k: v / n for k, v in kinds.items()},
+                "checkouts": checkouts[0] / n}
+
+    out = {}
+    name = f"bench-count-{uuid.uuid4().hex[:8]}"
+    cfg = _config(name, url, "benchmarks.storage:dummy_objective", 20 + n)
+    create_study(cfg)
+    try:
+        study, cfg, space = load_study(url, name)
+        run_worker(study, dataclasses.replace(cfg, n_trials=20), space, seed=1)
+        out["hpo"] = counting(rdb_backend(study._storage).engine,
+                              lambda: run_worker(study, cfg, space, seed=1))
+    finally:
+        _delete(url, name)
+    storage = optuna.storages.RDBStorage(url)
+    plain = optuna.create_study(storage=storage, study_name=name,
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        return dummy_objective(trial, {"x": trial.suggest_float("x", -1, 1),
+                                       "y": trial.suggest_float("y", -1, 1)}, {})
+
+    try:
+        plain.optimize(objective, n_trials=20)
+        out["optuna"] = counting(storage.engine, lambda: plain.optimize(objective, n_trials=n))
+    finally:
+        optuna.delete_study(study_name=name, storage=storage)
+        storage.engine.dispose()
+    return out
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
@@ -425,10 +490,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-parallel", action="store_true")
     parser.add_argument("--write", type=Path, help="update the results block in this markdown file")
+    parser.add_argument("--statements", action="store_true",
+                        help="only count statements per trial on PostgreSQL, hpo vs optuna")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         _worker_main(*args.worker)
+        return
+    if args.statements:
+        for path, row in count_statements(POSTGRES).items():
+            shown = ", ".join(f"{k} {v:.1f}" for k, v in row.items())
+            print(f"{path:6s}: {shown} per trial")
         return
     n = args.trials or (200 if args.quick else 1000)
     workers = [int(w) for w in (args.workers or ("1,2,4" if args.quick else "1,2,4,8,16")).split(",")]

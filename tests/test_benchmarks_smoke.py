@@ -47,3 +47,19 @@ def test_pruning_curve_counts_examples_across_trials() -> None:
     assert points == [(50, 0.7), (100, 0.6), (150, 0.5)]
     assert examples_to(points, 0.6) == 100
     assert math.isinf(examples_to(points, 0.1))
+
+
+@pytest.mark.server
+def test_hpo_runs_fewer_statements_per_trial_than_optuna() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from conftest_servers import server_url
+
+    from benchmarks.storage import count_statements
+
+    counts = count_statements(server_url("postgresql"), n=10)
+    # 2 params + 10 reports: hpo's loop runs about a third of optuna's statements.
+    assert counts["hpo"]["statements"] <= 25 < 50 <= counts["optuna"]["statements"]
+    assert counts["hpo"]["INSERT"] >= 12  # the reports, params and attrs did reach the database
