@@ -136,6 +136,7 @@ def text_config(max_examples: int, **overrides: Any) -> Any:
         "epochs": 2,
         "evals_per_epoch": 2,
         "cache_dir": None,
+        "precision": "fp32",  # as HF Trainer's default; benchmarks.precision measures bf16
         **overrides,
     }
     return TextClassificationConfig.from_dict(values)

@@ -96,8 +96,12 @@ class TextClassificationConfig:
         default="val_loss", metadata={"help": "validation metric reported, pruned on and returned"}
     )
     seed: int = field(default=0, metadata={"help": "seed of splits, initialization and order"})
-    precision: Literal["fp32", "bf16"] = field(
-        default="fp32", metadata={"help": "bf16: autocast matmuls to bfloat16 where supported"}
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        default="auto",
+        metadata={
+            "help": "bf16: autocast to bfloat16; auto: bf16 where this machine's CPU runs it "
+            "natively (AVX512-BF16 or AMX), else fp32"
+        },
     )
     eval_batch_size: int = field(default=128, metadata={"help": "examples per evaluation batch"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping; 0: none"})
@@ -124,8 +128,8 @@ class TextClassificationConfig:
             raise ValueError(
                 f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}"
             )
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         for name in ("max_length", "epochs", "evals_per_epoch", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -19,6 +19,7 @@ from conftest import write_csv
 from hpo.cli import cli
 from objectives.data import DatasetConfig
 from objectives.data import load_splits
+from objectives.training import resolve_precision
 
 FULL_SPACE = (
     "learning_rate: {type: float, low: 3e-3, high: 3e-2, log: true}\n"
@@ -71,6 +72,7 @@ def score_on_test(model: Any, directory: Path, study: optuna.Study) -> dict[str,
     from transformers import AutoTokenizer
 
     from objectives.final import classification_metrics
+    from objectives.training import _autocast
     from objectives.training import evaluate
 
     config = study.user_attrs["hpo_config"]
@@ -79,10 +81,10 @@ def score_on_test(model: Any, directory: Path, study: optuna.Study) -> dict[str,
     ids = [np.asarray(x, dtype=np.int64) for x in tokenizer(
         list(splits.test["text"]), truncation=True, max_length=config["max_length"])["input_ids"]]
     labels = np.asarray(splits.test["label"], dtype=np.int64)
-    import contextlib
-
+    # The precision the export evaluated with (the study's, `auto` resolved on this machine).
+    autocast = _autocast(config["precision"])
     result = evaluate(model, ids, labels, len(splits.label_names), 128, tokenizer.pad_token_id,
-                      contextlib.nullcontext, cached=False)
+                      autocast, cached=False)
     return {"loss": result.loss,
             **classification_metrics(labels, result.predictions, splits.label_names)}
 
@@ -128,6 +130,7 @@ def test_full_fine_tune_round_trips_through_from_pretrained(
     assert metrics["validation_check"]["search"] == pytest.approx(best.value)
     assert set(metrics["test"]["per_class"]) == {"neg", "pos"}
     assert sum(map(sum, metrics["test"]["confusion_matrix"])) == metrics["n_test_examples"] == 12
+    assert metrics["precision"] == resolve_precision(study.user_attrs["hpo_config"]["precision"])
 
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.id2label == {0: "neg", 1: "pos"}

@@ -308,3 +308,27 @@ def test_packaged_minilm_on_rotten_tomatoes_learns() -> None:
     values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
     assert values[-1] < values[0] < 0.75
     assert trial.user_attrs["total_params"] > 22_000_000
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_runs_it_natively(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cfg: TextClassificationConfig
+) -> None:
+    from objectives import training
+
+    native = tmp_path / "native"
+    native.write_text("processor : 0\nflags : fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    emulated = tmp_path / "emulated"
+    emulated.write_text("processor : 0\nflags : fpu sse avx2 avx512f\n")
+    assert training.native_bf16(str(native)) and training.native_bf16(str(tmp_path / "amx")) is False
+    assert not training.native_bf16(str(emulated))
+    for here, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(training, "_native_bf16_here", lambda here=here: here)
+        assert training.resolve_precision("auto") == expected
+        assert training.resolve_precision("fp32") == "fp32"
+        assert training.resolve_precision("bf16") == "bf16"
+        # The default is auto; each trial records what it ran with.
+        assert TextClassificationConfig.from_dict({}).precision == "auto"
+        trial = run_trial(dataclasses.replace(cfg, precision="auto"), {"batch_size": 16, "freeze_layers": 1})
+        assert trial.user_attrs["precision"] == expected
+    with pytest.raises(ValueError, match="precision must be auto, fp32 or bf16"):
+        TextClassificationConfig.from_dict({"precision": "fp16"})
