@@ -125,9 +125,21 @@ def run(quick: bool) -> list[str]:
         f"{run_s:.1f} s, of which training+evaluation+prefix {work:.1f} s")
     log(f"overhead: {share:.1%} of run_study; per trial median {median(per_trial):.1%} "
         f"(max {max(per_trial):.1%}); {whole:.1%} of the whole process incl. start-up")
+    # Where the overhead goes: before the first trial (config, data checks, storage, study),
+    # the first trial's loading (model weights, tokenization: other time of trial 0), the
+    # other trials' own set-up, sampling and storage, and what follows the last trial.
+    others = [t["wall"] - t["train"] - t["prefix"] for t in trials]
+    outside = run_s - sum(t["wall"] for t in trials)
+    parts = {"outside trials (study creation, summary)": outside,
+             "first trial (model load, tokenization)": others[0] if others else 0.0,
+             "other trials (set-up, sampling, storage)": sum(others[1:])}
+    for name, seconds in parts.items():
+        log(f"   {name}: {seconds:.2f} s = {seconds / run_s:.1%} of run_study"
+            + (f" ({1000 * seconds / (len(others) - 1):.0f} ms per trial)"
+               if name.startswith("other") and len(others) > 1 else ""))
     save_json("overhead", {"quick": quick, "settings": settings, "child": out,
                            "process_seconds": process, "startup_seconds": startup,
-                           "share": share, "share_per_trial": per_trial,
+                           "share": share, "share_per_trial": per_trial, "parts": parts,
                            "share_whole_process": whole})
     line = goal_line("overhead", f"{share:.1%} of run time (per trial median "
                      f"{median(per_trial):.1%}; {whole:.1%} incl. imports)",

@@ -143,7 +143,7 @@ class _HpoRun:
     def run_to(self, n: int) -> None:
         import dataclasses
 
-        from hpo.study import run_worker
+        from hpo.worker import run_worker
 
         cfg = dataclasses.replace(self.cfg, n_trials=n)
         self.times.append(time.perf_counter())
@@ -253,7 +253,7 @@ def overhead(
 def _worker_main(url: str, name: str, sync: str) -> None:
     """One benchmark worker process: load, say ready, wait for the start, run, print times."""
     from hpo.study import load_study
-    from hpo.study import run_worker
+    from hpo.worker import run_worker
 
     study, cfg, space = load_study(url, name)
     Path(f"{sync}.{os.getpid()}.ready").touch()
@@ -263,9 +263,9 @@ def _worker_main(url: str, name: str, sync: str) -> None:
     start = float(go.read_text())
     while time.time() < start:
         time.sleep(0.001)
-    import hpo.study
+    import hpo.worker
 
-    take = hpo.study._take_trial
+    take = hpo.worker._take_trial
     taking: list[float] = []
 
     def timed_take(*args: Any) -> Any:  # time spent waiting for and taking a trial
@@ -275,7 +275,7 @@ def _worker_main(url: str, name: str, sync: str) -> None:
         finally:
             taking.append(time.perf_counter() - t)
 
-    hpo.study._take_trial = timed_take
+    hpo.worker._take_trial = timed_take
     finished: list[float] = []
     cpu = time.process_time()
     run_worker(study, cfg, space, seed=os.getpid(),
@@ -360,7 +360,7 @@ def count_statements(url: str, n: int = 100) -> dict[str, dict[str, float]]:
     from hpo.storage import rdb_backend
     from hpo.study import create_study
     from hpo.study import load_study
-    from hpo.study import run_worker
+    from hpo.worker import run_worker
 
     def counting(engine: Any, run: Callable[[], Any]) -> dict[str, float]:
         kinds: collections.Counter[str] = collections.Counter()

@@ -12,7 +12,7 @@ from typing import Any
 if TYPE_CHECKING:
     import optuna
 
-    from hpo.study import RunSummary
+    from hpo.worker import RunSummary
 
 __all__ = ["format_rows", "progress", "study_rows", "summary_text", "trial_rows"]
 
@@ -153,7 +153,7 @@ def progress(total: int | None, quiet: bool) -> Iterator[Any]:
 
 def best_text(study: optuna.Study, fmt: str) -> str:
     """The best trial as text or JSON; a clear line when no trial has completed."""
-    from hpo.study import best_trial_info
+    from hpo.worker import best_trial_info
 
     info = best_trial_info(study)
     if fmt == "json":

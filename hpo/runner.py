@@ -9,11 +9,11 @@ import zlib
 
 from hpo.config import StudyConfig
 from hpo.output import progress
-from hpo.study import RunSummary
 from hpo.study import budget_state
 from hpo.study import create_study
 from hpo.study import load_study
-from hpo.study import run_worker
+from hpo.worker import RunSummary
+from hpo.worker import run_worker
 
 __all__ = ["run_study", "run_study_worker"]
 

@@ -33,9 +33,9 @@ from hpo.storage import redact_text
 from hpo.storage import redact_url
 from hpo.storage import retrying
 from hpo.storage import shared_lock
-from hpo.study import _Heartbeat
 from hpo.study import budget_state
 from hpo.study import fail_stale
+from hpo.worker import _Heartbeat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest_servers import delete_study  # noqa: E402

@@ -298,7 +298,8 @@ def test_workers_share_one_budget(runner: Runner, tmp_path: Path, storage_url: s
 _TAKE_LOOP = """
 import os, sys, time
 from pathlib import Path
-from hpo.study import _take_trial, load_study
+from hpo.study import load_study
+from hpo.worker import _take_trial
 url, name, sync = sys.argv[1:4]
 study, cfg, _ = load_study(url, name)
 Path(f"{sync}.{os.getpid()}.ready").touch()
@@ -459,10 +460,10 @@ def test_trial_failed_as_stale_under_a_live_worker_is_let_go(tmp_path: Path) -> 
     fact alive; its worker then drops it (the retry runs elsewhere) instead of crashing."""
     from hpo.config import config_from_dict
     from hpo.search_space import search_space_from_dict
-    from hpo.study import _run_one
-    from hpo.study import _Signals
-    from hpo.study import _take_trial
     from hpo.study import create_study
+    from hpo.worker import _run_one
+    from hpo.worker import _Signals
+    from hpo.worker import _take_trial
     from objectives import ObjectiveSpec
 
     url = f"sqlite:///{tmp_path / 's.db'}"

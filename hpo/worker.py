@@ -1,0 +1,507 @@
+"""The worker loop of ``hpo run`` and ``hpo worker``: take a trial, run it, tell it, repeat.
+
+A worker runs trials until the study's global budget is used up (see :mod:`hpo.study`) or its
+timeout passes. A worker that dies costs one retried trial: its trial's heartbeat stops, the
+next worker fails it and enqueues the same parameters again, and the objective may resume from
+the dead trial's last checkpoint. A worker stopped by SIGTERM/SIGINT hands its trial back at
+once. Workers stay while a trial they might have to take over is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
+
+from hpo.config import StudyConfig
+from hpo.rdb import adopt_trial
+from hpo.search_space import SearchSpace
+from hpo.storage import RetryStaleTrialCallback
+from hpo.storage import quiet_optuna_warnings
+from hpo.storage import rdb_backend
+from hpo.storage import sqlite_path
+from hpo.study import _heartbeats_on
+from hpo.study import _now
+from hpo.study import _quiet_optuna
+from hpo.study import _state
+from hpo.study import budget_lock
+from hpo.study import budget_state
+from hpo.study import fail_stale
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import TrialState
+
+    from objectives import ObjectiveSpec
+
+__all__ = ["RunSummary", "WorkerInterrupted", "best_trial_info", "run_worker"]
+
+_LOG = logging.getLogger("hpo")
+
+
+class WorkerInterrupted(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT: hand the running trial back and stop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class RunSummary:
+    """What one worker did, and where the study stands."""
+
+    study: str
+    counts: dict[str, int] = field(default_factory=dict)  # study-wide trials by state
+    ran: int = 0  # trials this worker finished
+    interrupted: str | None = None  # signal name when stopped by SIGINT/SIGTERM
+    best: dict[str, Any] | None = None  # number, value, params, user attrs of the best trial
+    seconds: float = 0.0
+    worker: dict[str, Any] = field(default_factory=dict)  # host, pid and id of this worker
+
+
+class _LocalWorkers:
+    """Counts live hpo workers on this machine, so that they split its cores."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.gettempdir()) / f"hpo-workers-{os.getuid()}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.me = self.dir / str(os.getpid())
+        self.me.touch()
+
+    def count(self) -> int:
+        live = 0
+        for f in self.dir.iterdir():
+            try:
+                os.kill(int(f.name), 0)
+                live += 1
+            except (ValueError, ProcessLookupError):
+                f.unlink(missing_ok=True)
+            except PermissionError:
+                live += 1
+        return max(live, 1)
+
+    def close(self) -> None:
+        self.me.unlink(missing_ok=True)
+
+
+def _set_threads(threads: int | None, workers: _LocalWorkers) -> int:
+    n = threads or max(1, (os.cpu_count() or 1) // workers.count())
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)  # for a torch imported later in this process
+    return n
+
+
+def _counts(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return counts
+
+
+def best_trial_info(study: optuna.Study) -> dict[str, Any] | None:
+    """The best complete trial as a JSON-able dict, or None if no trial completed."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    t = study.best_trial
+    attrs = {k: v for k, v in t.user_attrs.items() if k != "history"}
+    return {"number": t.number, "value": t.value, "params": t.params, "user_attrs": attrs}
+
+
+class _Signals:
+    """SIGTERM/SIGINT handling: raise :class:`WorkerInterrupted` only where that is safe.
+
+    Inside :meth:`interruptible` (the objective, an idle wait) a signal raises at once; elsewhere
+    (the budget lock, taking or telling a trial) it is remembered and raised at the next
+    interruptible point, so a signal never leaves a half-written trial or a held lock behind.
+    A second signal (2 s or more after the first) stops the worker at once, wherever it is
+    (its trial, if any, is then retried once its heartbeat is stale).
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._first = 0.0
+        self._interruptible = False
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            # Batch systems often signal the whole process group and the job script forwards
+            # the signal too: only a signal that comes later is a second one.
+            if time.monotonic() - self._first < 2.0:
+                return
+            _LOG.warning("second %s: stopping now", signal.Signals(signum).name)
+            raise SystemExit(128 + signum)
+        self.received, self._first = signum, time.monotonic()
+        if self._interruptible:
+            self._interruptible = False
+            raise WorkerInterrupted(signum)
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise WorkerInterrupted(self.received)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        self.check()
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
+
+class _Heartbeat:
+    """Records a trial's heartbeat every ``interval`` seconds in a daemon thread.
+
+    Unlike optuna's heartbeat thread it survives storage errors (a database outage longer than
+    the storage's own retries): it logs them and keeps beating.
+    """
+
+    def __init__(self, study: optuna.Study, trial_id: int) -> None:
+        self._backend = rdb_backend(study._storage)
+        self._trial_id = trial_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self, interval: float) -> None:
+        assert self._backend is not None
+        while not self._stop.wait(interval):
+            try:
+                self._backend.record_heartbeat(self._trial_id)
+            except Exception as exc:
+                _LOG.warning("heartbeat of trial id %d failed: %s", self._trial_id,
+                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    def __enter__(self) -> _Heartbeat:
+        interval = self._backend.get_heartbeat_interval() if self._backend is not None else None
+        if interval:
+            self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True,
+                                            name=f"hpo-heartbeat-{self._trial_id}")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)  # a beat stuck in a retry must not hold up the worker
+
+
+def _hand_back(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Mark an interrupted trial failed and enqueue the same params for another worker.
+
+    Best effort: if the storage cannot be reached, the trial's heartbeat stops and another
+    worker retries it after the grace period.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    backend = rdb_backend(study._storage)
+    storage = study._storage
+    try:
+        if backend is not None:
+            backend.scoped_session.remove()  # the interrupted call may have left it mid-commit
+        if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            return
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        if frozen.state == TrialState.FAIL:
+            RetryStaleTrialCallback(max_retry=None)(study, frozen)
+            _LOG.warning("trial %d handed back to the study (%s)", frozen.number, reason)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        pass  # another worker failed it as stale in the meantime and retries it
+    except Exception as exc:
+        _LOG.warning("could not hand trial %d back (%s); it will be retried once its heartbeat "
+                     "is stale", trial.number, exc)
+
+
+class _SQLiteSharing:
+    """Warns once when other processes (or machines) run trials on the same SQLite file."""
+
+    def __init__(self, url: str) -> None:
+        self.path = sqlite_path(url)
+        self.warned = self.path is None
+
+    def check(self, study: optuna.Study, mine: int, state: dict[str, int]) -> None:
+        """Look at the running trials other than this worker's trial number ``mine``, when the
+        count taken before this worker's trial (``state``) saw any."""
+        from optuna.trial import TrialState
+
+        if self.warned or state["running"] == 0:
+            return
+        others = [
+            t.user_attrs.get("worker") or {}
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number != mine
+        ]
+        if not others:
+            return
+        self.warned = True
+        hosts = sorted({str(w.get("host")) for w in others if w.get("host")} - {socket.gethostname()})
+        where = f"also on {', '.join(hosts)}: never do that" if hosts else "on this machine: fine"
+        _LOG.warning(
+            "several processes use the SQLite file %s (%s). SQLite is for one machine; never share "
+            "it across machines or over NFS. Use PostgreSQL or MySQL for distributed workers.",
+            self.path, where,
+        )
+
+
+def run_worker(
+    study: optuna.Study,
+    cfg: StudyConfig,
+    space: SearchSpace,
+    *,
+    seed: int | None = None,
+    threads: int | None = None,
+    poll_interval: float | None = None,
+    worker_id: str | None = None,
+    on_trial: Callable[[optuna.trial.FrozenTrial, float], None] | None = None,
+    on_start: Callable[[dict[str, int]], None] | None = None,
+) -> RunSummary:
+    """Run trials until the study's global budget is used up or this worker's timeout passes.
+
+    Each trial records the worker that ran it (``worker``: host, pid, id, started_at) and its
+    wall time. A failing trial is recorded as failed with its reason and the loop goes on.
+    SIGTERM/SIGINT hand the running trial back to the study (failed, and enqueued again with the
+    same params) and return with ``interrupted`` set. While the budget is used up but trials are
+    still running elsewhere, the worker waits, as it may have to take one over (their worker may
+    die); it leaves once none is running or waiting, or at once when the storage has no
+    heartbeats (nothing could be taken over then).
+
+    Args:
+        study: the study, opened with heartbeats where the storage supports them.
+        cfg: its config (from the study for workers).
+        space: its search space.
+        seed: sampler seed for this process (None: the config's seed).
+        threads: torch threads (None: the machine's cores split across its live hpo workers).
+        poll_interval: seconds between checks while waiting for other workers' trials
+            (None: the heartbeat interval, at most 2 s).
+        worker_id: this worker's name in trial attrs (None: host-pid-random).
+        on_trial: called with each finished trial and its wall seconds (progress output).
+        on_start: called once with the budget state before the first trial.
+    """
+    from hpo.samplers import build_pruner
+    from hpo.samplers import build_sampler
+    from objectives import resolve_objective
+
+    _quiet_optuna()
+    spec = resolve_objective(cfg.objective)
+    study.sampler = build_sampler(cfg.sampler, cfg.seed if seed is None else seed, space)
+    study.pruner = build_pruner(cfg.pruner)
+    host, pid = socket.gethostname(), os.getpid()
+    worker = {"host": host, "pid": pid, "id": worker_id or f"{host}-{pid}-{uuid.uuid4().hex[:6]}"}
+    summary = RunSummary(study=study.study_name, worker=worker)
+    takes_over = _heartbeats_on(study)
+    if poll_interval is None:
+        poll_interval = min(2.0, float(cfg.storage_settings.heartbeat_interval or 2))
+    t_start = time.monotonic()
+    deadline = t_start + cfg.timeout if cfg.timeout else math.inf
+    local = _LocalWorkers()
+    sharing = _SQLiteSharing(cfg.storage)
+    signals = _Signals()
+    signals.install()
+    first = True
+    try:
+        while True:
+            signals.check()
+            if time.monotonic() >= deadline:
+                _LOG.info("timeout of %.0f s reached; this worker stops", cfg.timeout)
+                break
+            trial, state = _take_trial(study, cfg)
+            if first and on_start is not None:
+                on_start(state)
+            first = False
+            if trial is None:
+                if state["waiting"] == 0 and (state["running"] == 0 or not takes_over):
+                    break
+                with signals.interruptible():
+                    time.sleep(poll_interval)  # another worker's trial may still need a retry
+                continue
+            sharing.check(study, trial.number, state)
+            _set_threads(threads, local)
+            result = _run_one(study, trial, spec, cfg, space, worker, signals)
+            if result is not None:
+                summary.ran += 1
+                if on_trial is not None:
+                    on_trial(*result)
+    except WorkerInterrupted as exc:
+        summary.interrupted = str(exc)
+    finally:
+        signals.restore()
+        local.close()
+    summary.counts = _counts(study)
+    summary.best = best_trial_info(study)
+    summary.seconds = time.monotonic() - t_start
+    return summary
+
+
+def _take_trial(
+    study: optuna.Study, cfg: StudyConfig
+) -> tuple[optuna.Trial | None, dict[str, int]]:
+    """Fail stale trials, then, under the budget lock, count and take a waiting or a new trial
+    if the budget allows.
+
+    The lock covers only the count and the trial's creation (a few round trips), so that many
+    workers do not queue behind it. Failing a stale trial needs no lock: only one worker can
+    move it from RUNNING to FAIL, and the count stays the same while it is retried.
+    """
+    import optuna
+
+    fail_stale(study)
+    backend = rdb_backend(study._storage)
+    beats = backend is not None and backend.get_heartbeat_interval() is not None
+    take = getattr(backend, "create_trial_if", None)
+    if take is not None:
+        # PostgreSQL/MySQL: count and create in one transaction under the study's row lock.
+        def allow(by_state: dict[str, int], n_retries: int) -> bool:
+            state = _state(by_state, n_retries)
+            return state["waiting"] == 0 and (cfg.n_trials is None or state["counted"] < cfg.n_trials)
+
+        taken = take(study._study_id, allow, beats)
+        if taken is not None:
+            frozen, by_state, n_retries = taken
+            state = _state(by_state, n_retries)
+            if frozen is not None:
+                adopt_trial(study._storage, study._study_id, frozen)
+                study._thread_local.cached_all_trials = None  # see below
+                return optuna.Trial(study, frozen._trial_id), state
+            if state["waiting"] == 0:
+                return None, state
+            # A waiting trial (a retry) to pop: study.ask() under the budget lock, below.
+    trial = None
+    with budget_lock(study, cfg.storage):
+        state = budget_state(study)
+        if state["waiting"] == 0 and cfg.n_trials is not None and state["counted"] >= cfg.n_trials:
+            return None, state
+        if state["waiting"] > 0:
+            with quiet_optuna_warnings():
+                trial = study.ask()  # pops a waiting trial first: a retry keeps its params
+        else:
+            trial_id = study._storage.create_new_trial(study._study_id)
+    if trial is None:
+        # What study.ask() does besides creating the trial, outside the lock: samplers then
+        # see the trials as of now, not a list cached for the previous trial.
+        study._thread_local.cached_all_trials = None
+        trial = optuna.Trial(study, trial_id)
+    if beats:
+        # A worker killed before this line leaves a trial without heartbeat: the storage fails
+        # those too, once seen so for a grace period.
+        backend.record_heartbeat(trial._trial_id)
+    return trial, state
+
+
+def _run_one(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    spec: ObjectiveSpec,
+    cfg: StudyConfig,
+    space: SearchSpace,
+    worker: dict[str, Any],
+    signals: _Signals,
+) -> tuple[optuna.trial.FrozenTrial, float] | None:
+    """Run one trial and tell its result; None when it was taken from this worker."""
+    import optuna
+    from optuna.trial import TrialState
+
+    t0 = time.perf_counter()
+    value: float | None = None
+    state = TrialState.COMPLETE
+    try:
+        with _Heartbeat(study, trial._trial_id):
+            try:
+                trial.set_user_attr("worker", {**worker, "started_at": _now()})
+                params = space.sample(trial)
+                with signals.interruptible():
+                    value = float(spec.fn(trial, params, cfg.objective_config))
+                if not math.isfinite(value):
+                    trial.set_user_attr("fail_reason", f"the objective returned {value}")
+                    state = TrialState.FAIL
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except WorkerInterrupted as exc:
+                _hand_back(study, trial, f"interrupted by {exc}; handed back to the study")
+                raise
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return _taken_over(trial)
+            except Exception as exc:  # one bad config must not end the study
+                if _taken_from_us(study, trial):
+                    return _taken_over(trial)
+                message = str(exc).splitlines()[0] if str(exc) else ""
+                reason = f"{type(exc).__name__}: {message}"[:500]
+                trial.set_user_attr("fail_reason", reason)
+                _LOG.warning("trial %d failed: %s", trial.number, reason)
+                state = TrialState.FAIL
+        seconds = time.perf_counter() - t0
+        trial.set_user_attr("wall_seconds", round(seconds, 3))
+        frozen = _tell(study, trial, value if state == TrialState.COMPLETE else None, state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Either another worker failed it as stale (we lost the database for longer than the
+        # grace period), or a retried tell had in fact been stored: the stored state decides.
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state == TrialState.FAIL:
+            return _taken_over(trial)
+    return frozen, time.perf_counter() - t0
+
+
+def _tell(
+    study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState
+) -> optuna.trial.FrozenTrial:
+    """``study.tell``, the way ``study.optimize`` does it, without reading the whole trial back
+    from the storage before and after (six queries each): the trial object holds what this
+    worker wrote to it. Finishing it still checks its stored state (UpdateFinishedTrialError
+    when another worker failed it as stale)."""
+    from optuna.study._tell import _tell_with_warning
+
+    backend = rdb_backend(study._storage)
+    if backend is not None and hasattr(backend, "remember_trial"):
+        backend.remember_trial(trial._cached_frozen_trial)  # tell reads it back otherwise
+    state, values, _ = _tell_with_warning(
+        study, trial, [value] if value is not None else None, state=state, suppress_warning=True
+    )
+    frozen = copy.deepcopy(trial._cached_frozen_trial)
+    frozen.state = state
+    frozen.values = values
+    frozen.datetime_complete = datetime.datetime.now()
+    return frozen
+
+
+def _taken_from_us(study: optuna.Study, trial: optuna.Trial) -> bool:
+    from optuna.trial import TrialState
+
+    return study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING
+
+
+def _taken_over(trial: optuna.Trial) -> None:
+    _LOG.warning("trial %d was failed as stale while this worker ran it (a database outage "
+                 "longer than the grace period?); its retry runs on another worker", trial.number)
+    return None
