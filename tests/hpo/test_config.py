@@ -26,7 +26,7 @@ def test_demo_config_loads_with_every_documented_key() -> None:
     assert (cfg.n_trials, cfg.timeout, cfg.seed) == (12, None, 0)
     oc = cfg.objective_config
     assert (oc.model, oc.max_length, oc.epochs, oc.evals_per_epoch) == ("minilm", 64, 2, 2)
-    assert oc.dataset.name == "rotten_tomatoes" and oc.dataset.max_examples == 600
+    assert oc.dataset.name == "rotten_tomatoes" and oc.dataset.max_examples == 1000
     assert oc.seed == 0 and oc.metric == "val_loss"
 
 
