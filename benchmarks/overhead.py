@@ -47,9 +47,12 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
     """In the fresh process: import, run the study, read the trials back."""
     t_main = time.time()
     # The library imports a worker pays once, whatever the tool (timed apart).
+    import alembic.command  # noqa: F401  (optuna stamps a new database's schema version)
+    import alembic.migration  # noqa: F401
     import datasets  # noqa: F401
     import optuna  # noqa: F401
-    import optuna.storages._rdb.storage  # noqa: F401  (sqlalchemy, alembic)
+    import optuna.storages._rdb.models  # noqa: F401  (sqlalchemy's ORM; loaded lazily by optuna)
+    import optuna.storages._rdb.storage  # noqa: F401
     import peft  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
