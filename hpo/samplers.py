@@ -75,11 +75,28 @@ def build_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
     """Build the pruner ``cfg.name``; steps are training examples seen.
 
     ``patient`` wraps another pruner given as ``wrapped: {name: median, ...}`` (default: none)
-    and needs ``patience``.
+    and needs ``patience``. Any pruner but ``none`` takes ``warmup``: the share (0-1) of each
+    trial's planned training examples before the pruner may stop it (``n_warmup_steps`` is the
+    same in examples, whatever the dataset's size).
     """
     import optuna
 
     options = dict(cfg.options)
+    warmup = options.pop("warmup", None)
+    if warmup is not None:
+        if isinstance(warmup, bool) or not isinstance(warmup, int | float) or not 0 <= warmup < 1:
+            raise ConfigError(
+                f"pruner {cfg.name!r}: warmup must be a share of a trial's planned examples in "
+                f"[0, 1), e.g. 0.25; got {warmup!r}"
+            )
+        if cfg.name in ("none", "hyperband"):
+            raise ConfigError(
+                f"pruner {cfg.name!r}: no warmup option ("
+                + ("it has its own min_resource" if cfg.name == "hyperband" else
+                   "warmup needs a pruner, e.g. name: median") + ")"
+            )
+        inner = build_pruner(PrunerConfig(cfg.name, options))
+        return _warmup_pruner()(inner, float(warmup))
     classes = {
         "median": optuna.pruners.MedianPruner,
         "percentile": optuna.pruners.PercentilePruner,
@@ -107,3 +124,26 @@ def build_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
     if cfg.name == "percentile" and "percentile" not in options:
         raise ConfigError("pruner 'percentile': missing option 'percentile' (e.g. percentile: 25.0)")
     return _construct("pruner", cfg.name, classes[cfg.name], options)
+
+
+def _warmup_pruner() -> type:
+    import optuna
+
+    class WarmupPruner(optuna.pruners.BasePruner):
+        """Never prunes a trial before ``warmup`` of its planned examples (the objective's
+        ``planned_examples`` attr); from there on, ``inner`` decides."""
+
+        def __init__(self, inner: optuna.pruners.BasePruner, warmup: float) -> None:
+            self.inner = inner
+            self.warmup = warmup
+
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            planned = trial.user_attrs.get("planned_examples")
+            step = trial.last_step
+            if step is None:
+                return False
+            if isinstance(planned, int | float) and step < self.warmup * planned:
+                return False
+            return bool(self.inner.prune(study, trial))
+
+    return WarmupPruner

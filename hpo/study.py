@@ -136,11 +136,15 @@ def create_study(cfg: StudyConfig, *, exist_ok: bool = True) -> optuna.Study:
     """
     import optuna
 
+    from hpo.samplers import build_pruner
+    from hpo.samplers import build_sampler
     from objectives import resolve_objective
 
     _quiet_optuna()
     spec = resolve_objective(cfg.objective)
     space = _load_space(cfg, spec)
+    build_sampler(cfg.sampler, cfg.seed, space)  # their options: ConfigError before any write
+    build_pruner(cfg.pruner)
     prepared = _prepare(cfg, spec)
     storage = build_storage(cfg.storage, cfg.storage_settings)
     config_dict = json.loads(json.dumps(cfg.to_dict()))
