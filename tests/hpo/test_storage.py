@@ -466,44 +466,50 @@ def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server_url(request.param)
 
 
-@pytest.mark.server
-def test_fast_writes_store_what_optuna_stores(any_url: str) -> None:
+@pytest.fixture
+def fast_study(any_url: str) -> Iterator[tuple[optuna.Study, Any]]:
+    """A study with heartbeats on ``any_url`` and its RDB backend; deleted afterwards."""
     with opened(any_url, StorageSettings(heartbeat_interval=5, grace_period=10)) as storage:
         study = optuna.create_study(storage=storage, study_name=unique_name("fast"))
         try:
-            backend = rdb_backend(storage)
-            with quiet_optuna_warnings():
-                trial = study.ask()
-            tid = trial._trial_id
-            for step, value in ((1, 0.5), (2, float("inf")), (3, float("-inf")), (4, float("nan"))):
-                backend.set_trial_intermediate_value(tid, step, value)
-            backend.set_trial_intermediate_value(tid, 1, 0.25)  # a step reported again: updated
-            backend.set_trial_user_attr(tid, "a", {"x": [1, 2]})
-            backend.set_trial_user_attr(tid, "a", "updated")
-            backend.set_trial_user_attr(tid, "b", 3)
-            backend.record_heartbeat(tid)
-            backend.record_heartbeat(tid)
-            # The trial as Trial() got it (remembered from its creation) is what is stored.
-            read_back = optuna.storages.RDBStorage.get_trial(backend, tid)
-            created = trial._cached_frozen_trial
-            assert (created.number, created.state, created._trial_id, created.params) == (
-                read_back.number, read_back.state, read_back._trial_id, read_back.params)
-            # MySQL keeps whole seconds (as optuna's own cache of a new trial does not).
-            assert abs((created.datetime_start - read_back.datetime_start).total_seconds()) < 1
-            stored = backend.get_trial(tid)
-            values = stored.intermediate_values
-            assert values[1] == 0.25 and values[2] == float("inf") and values[3] == float("-inf")
-            assert values[4] != values[4]  # nan
-            assert stored.user_attrs == {"a": "updated", "b": 3}
-            assert fail_stale(study) == []  # the heartbeat row exists and is fresh
-            study.tell(trial, 1.0)
-            for write in (lambda: backend.set_trial_intermediate_value(tid, 9, 1.0),
-                          lambda: backend.set_trial_user_attr(tid, "c", 1)):
-                with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-                    write()
-            assert backend.get_trial(tid).user_attrs == {"a": "updated", "b": 3}
+            yield study, rdb_backend(storage)
         finally:
             optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+@pytest.mark.server
+def test_fast_writes_store_what_optuna_stores(fast_study: tuple[optuna.Study, Any]) -> None:
+    study, backend = fast_study
+    with quiet_optuna_warnings():
+        trial = study.ask()
+    tid = trial._trial_id
+    for step, value in ((1, 0.5), (2, float("inf")), (3, float("-inf")), (4, float("nan"))):
+        backend.set_trial_intermediate_value(tid, step, value)
+    backend.set_trial_intermediate_value(tid, 1, 0.25)  # a step reported again: updated
+    backend.set_trial_user_attr(tid, "a", {"x": [1, 2]})
+    backend.set_trial_user_attr(tid, "a", "updated")
+    backend.set_trial_user_attr(tid, "b", 3)
+    backend.record_heartbeat(tid)
+    backend.record_heartbeat(tid)
+    # The trial as Trial() got it (remembered from its creation) is what is stored.
+    read_back = optuna.storages.RDBStorage.get_trial(backend, tid)
+    created = trial._cached_frozen_trial
+    assert (created.number, created.state, created._trial_id, created.params) == (
+        read_back.number, read_back.state, read_back._trial_id, read_back.params)
+    # MySQL keeps whole seconds (as optuna's own cache of a new trial does not).
+    assert abs((created.datetime_start - read_back.datetime_start).total_seconds()) < 1
+    stored = backend.get_trial(tid)
+    values = stored.intermediate_values
+    assert values[1] == 0.25 and values[2] == float("inf") and values[3] == float("-inf")
+    assert values[4] != values[4]  # nan
+    assert stored.user_attrs == {"a": "updated", "b": 3}
+    assert fail_stale(study) == []  # the heartbeat row exists and is fresh
+    study.tell(trial, 1.0)
+    for write in (lambda: backend.set_trial_intermediate_value(tid, 9, 1.0),
+                  lambda: backend.set_trial_user_attr(tid, "c", 1)):
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            write()
+    assert backend.get_trial(tid).user_attrs == {"a": "updated", "b": 3}
 
 
 @pytest.fixture(params=["postgresql", "mysql"])
@@ -577,39 +583,34 @@ def test_take_in_one_transaction_is_for_servers_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.server
-def test_fast_params_and_tell_store_what_optuna_stores(any_url: str) -> None:
-    with opened(any_url, StorageSettings(heartbeat_interval=5, grace_period=10)) as storage:
-        study = optuna.create_study(storage=storage, study_name=unique_name("fastp"))
-        try:
-            backend = rdb_backend(storage)
-            with quiet_optuna_warnings():
-                for value in (3.0, float("inf"), None):
-                    trial = study.ask()  # the second and third ask use the fast path
-                    x = trial.suggest_float("x", 0.0, 1.0)
-                    n = trial.suggest_int("n", 1, 8)
-                    c = trial.suggest_categorical("c", ["a", "b"])
-                    if value is None:
-                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    else:
-                        study.tell(trial, value)
-                    stored = optuna.storages.RDBStorage.get_trial(backend, trial._trial_id)
-                    assert stored.params == {"x": x, "n": n, "c": c}
-                    assert stored.distributions == trial.distributions
-                    assert stored.values == (None if value is None else [value])
-                    assert stored.state == (optuna.trial.TrialState.PRUNED if value is None
-                                            else optuna.trial.TrialState.COMPLETE)
-                    assert stored.datetime_complete is not None
-                trial = study.ask()
-                with pytest.raises(ValueError, match="different distribution kind"):
-                    trial.suggest_int("x", 0, 5)  # another distribution for "x": refused
-                study.tell(trial, 1.0)
-                with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-                    backend.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.COMPLETE, [2.0])
-                with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-                    backend._set_trial_param(trial._trial_id, "y", 0.5,
-                                             optuna.distributions.FloatDistribution(0, 1),
-                                             optuna.distributions.FloatDistribution(0, 1))
-            assert optuna.storages.RDBStorage.get_trial(backend, trial._trial_id).values == [1.0]
-            assert study.best_value == 1.0
-        finally:
-            optuna.delete_study(study_name=study.study_name, storage=storage)
+def test_fast_params_and_tell_store_what_optuna_stores(fast_study: tuple[optuna.Study, Any]) -> None:
+    study, backend = fast_study
+    with quiet_optuna_warnings():
+        for value in (3.0, float("inf"), None):
+            trial = study.ask()  # the second and third ask use the fast path
+            x = trial.suggest_float("x", 0.0, 1.0)
+            n = trial.suggest_int("n", 1, 8)
+            c = trial.suggest_categorical("c", ["a", "b"])
+            if value is None:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, value)
+            stored = optuna.storages.RDBStorage.get_trial(backend, trial._trial_id)
+            assert stored.params == {"x": x, "n": n, "c": c}
+            assert stored.distributions == trial.distributions
+            assert stored.values == (None if value is None else [value])
+            assert stored.state == (optuna.trial.TrialState.PRUNED if value is None
+                                    else optuna.trial.TrialState.COMPLETE)
+            assert stored.datetime_complete is not None
+        trial = study.ask()
+        with pytest.raises(ValueError, match="different distribution kind"):
+            trial.suggest_int("x", 0, 5)  # another distribution for "x": refused
+        study.tell(trial, 1.0)
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            backend.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.COMPLETE, [2.0])
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            backend._set_trial_param(trial._trial_id, "y", 0.5,
+                                     optuna.distributions.FloatDistribution(0, 1),
+                                     optuna.distributions.FloatDistribution(0, 1))
+    assert optuna.storages.RDBStorage.get_trial(backend, trial._trial_id).values == [1.0]
+    assert study.best_value == 1.0
