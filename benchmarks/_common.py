@@ -6,6 +6,7 @@ ratios: the machines are shared, so absolute times move with the load, ratios mu
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -36,6 +37,13 @@ BASE_PARAMS: dict[str, Any] = {
 
 
 # --- reporting ----------------------------------------------------------------------------
+
+
+def parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The command line every benchmark script has: its docstring's first line and ``--quick``."""
+    out = argparse.ArgumentParser(description=doc.splitlines()[0])
+    out.add_argument("--quick", action="store_true", help=quick_help)
+    return out
 
 
 def goal_line(name: str, measured: str, target: str, met: bool) -> str:

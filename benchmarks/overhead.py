@@ -33,6 +33,7 @@ from benchmarks._common import goal_line
 from benchmarks._common import header
 from benchmarks._common import log
 from benchmarks._common import median
+from benchmarks._common import parser
 from benchmarks._common import save_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,10 +153,9 @@ def run(quick: bool) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small data, 4 trials")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    cli = parser(__doc__, "small data, 4 trials")
+    cli.add_argument("--child", help=argparse.SUPPRESS)
+    args = cli.parse_args()
     if args.child:
         from benchmarks._common import quiet
 

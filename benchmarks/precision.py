@@ -19,7 +19,6 @@ line; the issue asks for the measurement and a recommendation).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import time
@@ -31,6 +30,7 @@ import numpy as np
 from benchmarks._common import header
 from benchmarks._common import log
 from benchmarks._common import median
+from benchmarks._common import parser
 from benchmarks._common import quiet
 from benchmarks._common import save_json
 from benchmarks._common import set_threads
@@ -190,9 +190,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 configs, fewer repeats")
-    run(parser.parse_args().quick)
+    run(parser(__doc__, "2 configs, fewer repeats").parse_args().quick)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ Run: ``python -m benchmarks.pruning [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 from pathlib import Path
@@ -42,6 +41,7 @@ from benchmarks._common import goal_line
 from benchmarks._common import header
 from benchmarks._common import log
 from benchmarks._common import median
+from benchmarks._common import parser
 from benchmarks._common import quiet
 from benchmarks._common import save_json
 from benchmarks._common import set_threads
@@ -199,9 +199,7 @@ def run(quick: bool) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small data, 8 trials, one seed")
-    run(parser.parse_args().quick)
+    run(parser(__doc__, "small data, 8 trials, one seed").parse_args().quick)
 
 
 if __name__ == "__main__":

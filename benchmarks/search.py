@@ -24,7 +24,6 @@ Run: ``python -m benchmarks.search [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import tempfile
@@ -43,6 +42,7 @@ from benchmarks._common import hf_data
 from benchmarks._common import hf_model
 from benchmarks._common import log
 from benchmarks._common import median
+from benchmarks._common import parser
 from benchmarks._common import quiet
 from benchmarks._common import save_json
 from benchmarks._common import set_threads
@@ -254,9 +254,7 @@ def run(quick: bool) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small data, 4 trials, one seed")
-    run(parser.parse_args().quick)
+    run(parser(__doc__, "small data, 4 trials, one seed").parse_args().quick)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Run: ``python -m benchmarks.throughput [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from typing import Any
 
@@ -32,6 +31,7 @@ from benchmarks._common import hf_data
 from benchmarks._common import hf_model
 from benchmarks._common import log
 from benchmarks._common import median
+from benchmarks._common import parser
 from benchmarks._common import quiet
 from benchmarks._common import save_json
 from benchmarks._common import set_threads
@@ -161,10 +161,9 @@ def run(quick: bool, modes: list[str] | None = None) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small data, one repeat")
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), help="default: all")
-    args = parser.parse_args()
+    cli = parser(__doc__, "small data, one repeat")
+    cli.add_argument("--modes", nargs="+", choices=list(MODES), help="default: all")
+    args = cli.parse_args()
     run(args.quick, args.modes)
 
 

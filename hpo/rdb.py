@@ -209,14 +209,18 @@ def _make_retrying_class() -> type:
         # row that exists, a finished trial) falls back to optuna's own code, which updates
         # the row or raises UpdateFinishedTrialError exactly as before.
 
+        def _one_statement(self, statement: Any, params: dict[str, Any]) -> bool:
+            """Run ``statement`` in autocommit; whether it touched exactly one row."""
+            with self.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT", preserve_rowcount=True
+            ) as conn:
+                return bool(conn.execute(statement, params).rowcount == 1)
+
         def _insert_if_running(self, table: Any, values: dict[str, Any], trial_id: int) -> bool:
             statement = _insert_statement(table, tuple(values))
             params = {f"v_{k}": v for k, v in values.items()} | {"running_trial_id": trial_id}
             try:
-                with self.engine.connect().execution_options(
-                    isolation_level="AUTOCOMMIT", preserve_rowcount=True
-                ) as conn:
-                    return bool(conn.execute(statement, params).rowcount == 1)
+                return self._one_statement(statement, params)
             except sqlalchemy.exc.IntegrityError:
                 return False  # the row exists: optuna's code updates it
 
@@ -243,10 +247,7 @@ def _make_retrying_class() -> type:
             # A trial's first beat inserts its row, the next ones update it: one statement each.
             statement = _beat_statements()[trial_id in self._hpo_beating]
             try:
-                with self.engine.connect().execution_options(
-                    isolation_level="AUTOCOMMIT", preserve_rowcount=True
-                ) as conn:
-                    done = conn.execute(statement, {"beat_trial_id": trial_id}).rowcount == 1
+                done = self._one_statement(statement, {"beat_trial_id": trial_id})
             except sqlalchemy.exc.IntegrityError:
                 done = False
             if not done:
@@ -279,9 +280,7 @@ def _make_retrying_class() -> type:
             start = datetime.datetime.now()
             with self.engine.begin() as conn:
                 conn.execute(lock, {"study_id": study_id}).one()
-                rows = conn.execute(_counts_query(), {"study_id": study_id}).all()
-                counts = {state.name: n for state, n, _ in rows}
-                n_retries = sum(r for _, _, r in rows)
+                counts, n_retries = _count_trials(conn, study_id)
                 if not allow(counts, n_retries):
                     return None, counts, n_retries
                 number = sum(counts.values())
@@ -445,6 +444,12 @@ def _counts_query() -> Any:
     )
 
 
+def _count_trials(conn: Any, study_id: int) -> tuple[dict[str, int], int]:
+    """Run the counts query on ``conn``: trials by state name, and the number of retries."""
+    rows = conn.execute(_counts_query(), {"study_id": study_id}).all()
+    return {state.name: n for state, n, _ in rows}, sum(r for _, _, r in rows)
+
+
 def trial_counts(storage: Any, study_id: int) -> tuple[dict[str, int], int] | None:
     """Trials of a study by state, and how many are retries, in one query; None if not RDB.
 
@@ -457,11 +462,8 @@ def trial_counts(storage: Any, study_id: int) -> tuple[dict[str, int], int] | No
     if backend is None:
         return None
 
-    query = _counts_query()
-
-    def run() -> list[Any]:
+    def run() -> tuple[dict[str, int], int]:
         with backend.engine.connect() as conn:
-            return list(conn.execute(query, {"study_id": study_id}).all())
+            return _count_trials(conn, study_id)
 
-    rows = retrying(run, lambda: getattr(backend, "_hpo_retry_seconds", 300.0))()
-    return {state.name: n for state, n, _ in rows}, sum(r for _, _, r in rows)
+    return retrying(run, lambda: getattr(backend, "_hpo_retry_seconds", 300.0))()

@@ -70,6 +70,14 @@ def server_url(kind: str) -> str:
     return url
 
 
+def backend_url(kind: str, tmp_path: Path) -> str:
+    """A storage URL of ``kind``: "sqlite" (a file in ``tmp_path``), "postgresql" or "mysql"
+    (the server's, see :func:`server_url`)."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'studies.db'}"
+    return server_url(kind)
+
+
 def unique_name(prefix: str = "test") -> str:
     """A study or database name no other test run uses."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"

@@ -38,6 +38,7 @@ from hpo.study import fail_stale
 from hpo.worker import _Heartbeat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest_servers import backend_url  # noqa: E402
 from conftest_servers import delete_study  # noqa: E402
 from conftest_servers import fresh_database  # noqa: E402
 from conftest_servers import server_url  # noqa: E402
@@ -461,9 +462,7 @@ def test_processes_start_together_on_a_fresh_database(tmp_path: Path, kind: str)
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 's.db'}"
-    return server_url(request.param)
+    return backend_url(request.param, tmp_path)
 
 
 @pytest.fixture

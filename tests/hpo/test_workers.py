@@ -26,6 +26,7 @@ import yaml
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest_servers import backend_url  # noqa: E402
 from conftest_servers import can_restart_postgres  # noqa: E402
 from conftest_servers import delete_study  # noqa: E402
 from conftest_servers import ensure_postgres_running  # noqa: E402
@@ -112,9 +113,7 @@ def runner(tmp_path: Path) -> Iterator[Runner]:
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'studies.db'}"
-    return server_url(request.param)
+    return backend_url(request.param, tmp_path)
 
 
 @contextlib.contextmanager
@@ -359,7 +358,7 @@ def test_killed_worker_trial_is_retried_from_checkpoint(
     """SIGKILL one of 3 workers mid-trial once the whole budget is taken: its trial fails, the
     survivors wait for it (they must not leave), retry it from its checkpoint, and the study
     still reaches its budget."""
-    url = f"sqlite:///{tmp_path / 'studies.db'}" if backend == "sqlite" else server_url(backend)
+    url = backend_url(backend, tmp_path)
     checkpoints = tmp_path / "checkpoints"
     with study_in(url) as name:
         config = write_config(tmp_path, name, n_trials=3, n_steps=10, sleep=0.2,
@@ -398,7 +397,7 @@ def test_sigterm_hands_trial_back(
 ) -> None:
     """SIGTERM (or SIGINT) a worker mid-trial: it exits cleanly (130) and another worker
     finishes its trial."""
-    url = f"sqlite:///{tmp_path / 'studies.db'}" if backend == "sqlite" else server_url(backend)
+    url = backend_url(backend, tmp_path)
     checkpoints = tmp_path / "checkpoints"
     with study_in(url) as name:
         config = write_config(tmp_path, name, n_trials=3, n_steps=6, sleep=0.12,
