@@ -166,7 +166,7 @@ def worker(ctx: click.Context, storage: str | None, study: str, threads: int | N
     from hpo.runner import run_study_worker
 
     if worker_id is not None and not worker_id.strip():
-        raise click.BadParameter("must not be empty", param_hint="'--worker-id'")
+        raise _InputError("--worker-id: must not be empty (a name, e.g. the SLURM task or pod)")
     summary, metric = run_study_worker(storage or DEFAULT_STORAGE, study, threads=threads,
                                        quiet=ctx.obj["quiet"], worker_id=worker_id)
     _print_summary(summary, metric, fmt)

@@ -152,7 +152,10 @@ def test_worker_id_names_the_worker_in_its_trials(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     trial = optuna.load_study(study_name="toy-env", storage=url).trials[0]
     assert trial.user_attrs["worker"]["id"] == "pod-a"
-    assert invoke("worker", "--storage", url, "--study", "toy", "--worker-id", " ").exit_code == 2
+    empty = invoke("worker", "--storage", url, "--study", "toy", "--worker-id", " ")
+    assert empty.exit_code == 2
+    assert empty.stderr.strip().splitlines() == [
+        "Error: --worker-id: must not be empty (a name, e.g. the SLURM task or pod)"]
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
