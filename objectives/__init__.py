@@ -35,6 +35,8 @@ class ObjectiveSpec:
     prepare: Callable[[Any], dict[str, Any]] | None = None
     # Check the search space's distributions against cfg (e.g. the model's depth). Optional.
     validate_space: Callable[[Any, dict[str, Any]], None] | None = None
+    # fn takes resume=[trial numbers]: the trials a retried trial repeats, oldest first.
+    resumes: bool = False
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
@@ -45,6 +47,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         metrics=text_classification.METRICS,
         prepare=text_classification.prepare,
         validate_space=text_classification.validate_space,
+        resumes=True,
     ),
     "toy": ObjectiveSpec(
         fn=toy.objective,
@@ -53,6 +56,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         metrics=toy.METRICS,
         prepare=toy.prepare,
         validate_space=toy.validate_space,
+        resumes=True,
     ),
 }
 

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 import numpy as np
-import optuna
+
+from objectives.metrics import classification_metrics
 
 if TYPE_CHECKING:
-    from objectives.models import Resources
     from objectives.text_classification import TextClassificationConfig
 
 __all__ = ["FinalResult", "SeedResult", "classification_metrics", "retrain_and_test", "save_model"]
@@ -58,6 +58,8 @@ class FinalResult:
     n_examples: int  # training examples per seed
     params: dict[str, Any]  # every hyperparameter used (sampled ones and defaults)
     saved: str | None = None  # "model", "lora-adapter" or "merged-lora"; None: nothing saved
+    precision: str | None = None  # what the retrain and test ran with (auto resolved)
+    device: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, Any]]:
@@ -71,56 +73,20 @@ class FinalResult:
         return out
 
 
-def classification_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, label_names: Sequence[str]
-) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
-
-    The confusion matrix has one row per true class and one column per predicted class, in the
-    order of ``label_names``. A class never predicted has precision 0 (likewise recall, F1).
-
-    Example:
-        >>> m = classification_metrics(np.array([0, 1, 1]), np.array([0, 1, 0]), ["neg", "pos"])
-        >>> m["confusion_matrix"], m["per_class"]["pos"]["recall"]
-        ([[1, 0], [1, 1]], 0.5)
-    """
-    from objectives.training import macro_f1
-
-    k = len(label_names)
-    matrix = np.zeros((k, k), dtype=np.int64)
-    np.add.at(matrix, (y_true, y_pred), 1)
-    per_class = {}
-    for i, name in enumerate(label_names):
-        tp = int(matrix[i, i])
-        predicted, actual = int(matrix[:, i].sum()), int(matrix[i, :].sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[str(name)] = {
-            "precision": precision, "recall": recall, "f1": f1, "support": actual,
-        }
-    return {
-        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
-        "macro_f1": macro_f1(y_true, y_pred, k),
-        "per_class": per_class,
-        "confusion_matrix": matrix.tolist(),
-    }
-
-
-def _test(model: Any, res: Resources, cfg: TextClassificationConfig) -> dict[str, Any]:
+def _test(model: Any, task: Any) -> dict[str, Any]:
     """The one evaluation on the held-out test split."""
-    from objectives.training import _autocast
-    from objectives.training import evaluate
+    from objectives.core import outputs
+    from objectives.devices import Precision
+    from objectives.devices import resolve_precision
 
-    enc = res.encoded["test"]
-    result = evaluate(
-        model, enc.ids, enc.labels, len(res.splits.label_names), cfg.eval_batch_size,
-        res.pad_id, _autocast(cfg.precision), cached=False,
-    )
+    device = task.res.device
+    precision = Precision(resolve_precision(task.config.precision, device), device)
+    out = outputs(model, task, "test", device, precision)
+    labels, preds = np.asarray(out["label"]), np.asarray(out["pred"])
     return {
-        "loss": result.loss,
-        **classification_metrics(enc.labels, result.predictions, res.splits.label_names),
-        "n_examples": len(enc),
+        "loss": out["loss_sum"] / max(out["units"], 1),
+        **classification_metrics(labels, preds, task.res.splits.label_names),
+        "n_examples": len(labels),
     }
 
 
@@ -182,51 +148,45 @@ def retrain_and_test(
     Raises:
         ValueError: no seed, or ``n_examples`` beyond the planned training.
     """
-    from objectives.data import load_splits
-    from objectives.models import get_resources
-    from objectives.text_classification import resolve_params
-    from objectives.training import fine_tune
+    from objectives.core import train
+    from objectives.params import TrainParams
+    from objectives.text_classification import TextClassificationTask
+    from objectives.text_classification import task_for
 
     if not seeds:
         raise ValueError("give at least one seed")
-    splits = load_splits(cfg.dataset, cfg.seed)
-    res = get_resources(cfg.model, splits, cfg.max_length, cfg.cache_dir, cfg.prefix_cache_mb)
-    planned = cfg.epochs * len(res.encoded["train"])
+    task = task_for(cfg)
+    planned = cfg.epochs * len(task.examples("train"))
     if not 0 < n_examples <= planned:
         raise ValueError(f"n_examples must be in [1, {planned}] (epochs x training rows), got {n_examples}")
-    hp = resolve_params(params)
+    hp = TrainParams.from_params(params)
     trained_on = "train+validation" if include_validation else "train"
     result = FinalResult(
-        seeds=[], label_names=list(splits.label_names), data=splits.info, trained_on=trained_on,
-        n_examples=n_examples, params=hp,
+        seeds=[], label_names=list(task.res.splits.label_names), data=task.res.splits.info,
+        trained_on=trained_on, n_examples=n_examples, params=hp.to_dict(),
     )
     for i, seed in enumerate(seeds):
         # Checkpoints belong to trials of the search, not to this retrain.
-        run_cfg = dataclasses.replace(cfg, seed=int(seed), checkpoint_dir=None)
-        study = optuna.create_study(
-            storage=optuna.storages.InMemoryStorage(), pruner=optuna.pruners.NopPruner()
-        )
-        trial = study.ask()
-        trained: list[Any] = []
+        run = TextClassificationTask(dataclasses.replace(cfg, seed=int(seed), checkpoint_dir=None),
+                                     task.res)
         t0 = time.perf_counter()
-        fine_tune(trial, hp, run_cfg, res, stop_at=n_examples, train_on=trained_on,
-                  on_model=trained.append)
+        trained = train(hp, run, stop_at=n_examples, train_on=trained_on, keep_model=True)
         seconds = time.perf_counter() - t0
-        frozen = study._storage.get_trial(trial._trial_id)
-        last = frozen.user_attrs["history"][-1]
-        model = trained[0]
-        test = _test(model, res, cfg)
+        result.precision, result.device = trained.record.precision, trained.record.device
+        model = trained.model
+        test = _test(model, run)
         validation = None
         if not include_validation:
+            last = trained.record.history[-1].metrics
             validation = {k: float(last[k]) for k in ("val_loss", "val_accuracy", "val_f1")}
         result.seeds.append(SeedResult(
-            seed=int(seed), test=test, examples_seen=int(frozen.user_attrs["examples_seen"]),
+            seed=int(seed), test=test, examples_seen=trained.record.examples_seen,
             train_seconds=round(seconds, 3), validation=validation,
         ))
         _LOG.info("seed %d: trained on %d examples (%s) in %.1f s; test accuracy %.4f, "
                   "macro-F1 %.4f", seed, n_examples, trained_on, seconds, test["accuracy"],
                   test["macro_f1"])
         if i == 0 and output_dir is not None:
-            result.saved = save_model(model, res.tokenizer, Path(output_dir), merge)
+            result.saved = save_model(model, task.res.tokenizer, Path(output_dir), merge)
         del model, trained
     return result

@@ -9,6 +9,7 @@ memory bound (least recently used dropped first).
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     import torch
 
     from objectives.data import Splits
+    from objectives.fastpath import FastPaths
+    from objectives.structure import ModelStructure
 
 __all__ = ["PackagedModelError", "Resources", "PrefixCache", "get_resources", "resolve_model_path"]
 
@@ -116,12 +119,14 @@ class Resources:
 
     key: tuple[Any, ...]
     tokenizer: Any
-    base_model: torch.nn.Module  # never trained: each trial deep-copies it
+    base_model: torch.nn.Module  # never trained, on ``device``: each trial copies it
+    structure: ModelStructure  # of base_model
     splits: Splits
     encoded: dict[str, Encoded]  # "train", "validation", "test"
     prefix_cache: PrefixCache
-    num_layers: int
+    device: str
     pad_id: int
+    fast: FastPaths | None = None  # found by the first trial (see objectives.fastpath)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -194,9 +199,11 @@ def get_resources(
     max_length: int,
     cache_dir: str | None,
     prefix_cache_mb: int,
+    device: str = "cpu",
 ) -> Resources:
-    """Load (once per process) the tokenizer, the pretrained model and the tokenized splits."""
-    key = (model, max_length, splits.fingerprint, len(splits.label_names))
+    """Load (once per process and device) the tokenizer, the pretrained model and the tokenized
+    splits; the model goes to ``device`` (a resolved device such as ``cuda:0``)."""
+    key = (model, max_length, splits.fingerprint, len(splits.label_names), device)
     if key in _RESOURCES:
         _RESOURCES.move_to_end(key)
         return _RESOURCES[key]
@@ -204,8 +211,12 @@ def get_resources(
     from transformers import AutoModelForSequenceClassification
     from transformers import AutoTokenizer
 
+    from objectives.structure import find_structure
+
     path = resolve_model_path(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:  # decoders (GPT-2, Llama...) classify padded batches too
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     n = len(splits.label_names)
     import torch
 
@@ -217,30 +228,119 @@ def get_resources(
             num_labels=n,
             id2label=dict(enumerate(splits.label_names)),
             label2id={name: i for i, name in enumerate(splits.label_names)},
+            pad_token_id=tokenizer.pad_token_id,
         )
     base.eval()
     for p in base.parameters():
         p.requires_grad_(False)
+    base.to(device)
     encoded = _encode_cached(
         tokenizer, _tokenizer_id(tokenizer, path), splits, max_length, cache_dir
     )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     res = Resources(
         key=key,
         tokenizer=tokenizer,
         base_model=base,
+        structure=find_structure(base),
         splits=splits,
         encoded=encoded,
         prefix_cache=PrefixCache(prefix_cache_mb * 2**20),
-        num_layers=int(getattr(base.config, "num_hidden_layers", 0) or 0),
-        pad_id=int(pad_id),
+        device=device,
+        pad_id=int(tokenizer.pad_token_id),
     )
-    _RESOURCES[key] = res
+    remember(res)
+    return res
+
+
+def remember(res: Resources) -> None:
+    """Keep ``res`` for later trials; the least recently used beyond the bound are dropped."""
+    _RESOURCES[res.key] = res
     while len(_RESOURCES) > _MAX_RESOURCES:
         _RESOURCES.popitem(last=False)
-    return res
+
+
+def cached_resources(key: tuple[Any, ...]) -> Resources | None:
+    """The resources loaded for ``key`` in this process, if any."""
+    if key in _RESOURCES:
+        _RESOURCES.move_to_end(key)
+        return _RESOURCES[key]
+    return None
 
 
 def clear_resources() -> None:
     """Forget every loaded model (tests)."""
     _RESOURCES.clear()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a search space is checked against: a model's depth and its LoRA target names."""
+
+    model: str
+    n_layers: int
+    lora_names: tuple[str, ...]
+    structure: Any = field(repr=False, compare=False)
+
+    def check_space(self, distributions: dict[str, Any]) -> None:
+        """Check ``freeze_layers`` and ``target_modules`` entries against the model.
+
+        Raises:
+            ValueError: a depth beyond the model's layers, or a module name it does not have,
+                with the valid values.
+        """
+        from optuna.distributions import CategoricalDistribution
+
+        from objectives.structure import check_lora_targets
+
+        dist = distributions.get("freeze_layers")
+        if dist is not None:
+            values = list(dist.choices) if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high]
+            for v in values:
+                if not 0 <= v <= self.n_layers:
+                    raise ValueError(
+                        f"freeze_layers: {v!r} is beyond the {self.n_layers} layers of model "
+                        f"{self.model!r} (valid: 0..{self.n_layers})"
+                    )
+        dist = distributions.get("target_modules")
+        if dist is not None:
+            for choice in dist.choices:
+                if choice is not None:
+                    try:
+                        check_lora_targets(self.structure, str(choice))
+                    except ValueError as exc:
+                        raise ValueError(f"{exc} in model {self.model!r}") from None
+
+
+_AUTO_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "token-classification": "AutoModelForTokenClassification",
+    "image-classification": "AutoModelForImageClassification",
+}
+
+
+@functools.cache
+def describe_model(model: str, kind: str = "sequence-classification") -> ModelInfo:
+    """The structure of ``model`` built from its config alone (no weights are read).
+
+    Raises:
+        ValueError: the model's config cannot be read (not a local directory, not a hub id).
+    """
+    quiet_transformers()
+    import torch
+    import transformers
+
+    from objectives.structure import find_structure
+    from objectives.structure import lora_target_names
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(resolve_model_path(model))
+    except OSError as exc:
+        raise ValueError(
+            f"model {model!r}: not a local model directory and not reachable as a hub id "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
+    with torch.device("meta"):
+        skeleton = getattr(transformers, _AUTO_CLASSES[kind]).from_config(config)
+    structure = find_structure(skeleton)
+    return ModelInfo(model, structure.n_layers, tuple(lora_target_names(structure)), structure)

@@ -1,42 +1,39 @@
-"""Fine-tune a pretrained encoder for text classification: the default objective.
+"""Fine-tune a pretrained encoder (or decoder) for text classification: the default objective.
 
-The sampled params feed the training directly, named after what they set:
-
-========================  ==============================================================
-``learning_rate``         AdamW peak learning rate
-``batch_size``            training examples per optimizer step
-``freeze_layers``         bottom encoder layers frozen with the embeddings (0: full
-                          fine-tuning). Frozen modules run in eval mode: no dropout.
-``weight_decay``          AdamW decoupled weight decay (not on biases and LayerNorm)
-``dropout``               dropout of the trainable layers and the classifier
-``warmup_ratio``          share of optimizer steps with linear warmup, then linear decay
-``lr_scheduler_type``     ``linear`` (default), ``cosine`` or ``constant``
-``finetuning``            ``full`` or ``lora`` (LoRA is implied when ``r`` is sampled)
-``r``, ``lora_alpha``,    LoRA rank, scaling and dropout (peft ``LoraConfig``)
-``lora_dropout``
-``target_modules``        comma-separated module names for LoRA, e.g. ``"query,value"``
-========================  ==============================================================
+The hyperparameters are :class:`objectives.params.TrainParams` (learning rate, batch size,
+freezing depth, weight decay, dropout, warmup, schedule, full or LoRA fine-tuning with its rank,
+alpha, dropout and target modules). Any ``AutoModelForSequenceClassification`` works: freezing
+and LoRA targets come from the model's structure (:mod:`objectives.structure`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
-from dataclasses import fields
+from typing import TYPE_CHECKING
 from typing import Any
-from typing import Literal
+from typing import ClassVar
 
-import optuna
+import numpy as np
 
+from objectives.config import TrainConfig
 from objectives.data import DatasetConfig
 from objectives.data import data_fingerprint
 from objectives.data import load_splits
+from objectives.params import TrainParams
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+
+    from objectives.core import Batch
+    from objectives.models import Resources
 
 __all__ = [
-    "DEFAULT_PARAMS",
     "METRICS",
     "TextClassificationConfig",
+    "TextClassificationTask",
     "objective",
     "prepare",
     "validate_space",
@@ -44,107 +41,26 @@ __all__ = [
 
 METRICS = {"val_loss": "minimize", "val_accuracy": "maximize", "val_f1": "maximize"}
 
-# Values used for hyperparameters the search space does not sample.
-DEFAULT_PARAMS: dict[str, Any] = {
-    "learning_rate": 5e-5,
-    "batch_size": 32,
-    "freeze_layers": 0,
-    "weight_decay": 0.0,
-    "dropout": None,  # None: keep the model's own dropout
-    "warmup_ratio": 0.0,
-    "lr_scheduler_type": "linear",
-    "finetuning": "full",
-    "r": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.1,
-    "target_modules": "query,value",
-}
-_RANGES: dict[str, tuple[float, float]] = {
-    "learning_rate": (0.0, 1.0),
-    "batch_size": (1, 4096),
-    "weight_decay": (0.0, 1.0),
-    "dropout": (0.0, 0.95),
-    "warmup_ratio": (0.0, 1.0),
-    "r": (1, 1024),
-    "lora_alpha": (1, 4096),
-    "lora_dropout": (0.0, 0.95),
-}
-_CHOICES = {
-    "lr_scheduler_type": ("linear", "cosine", "constant"),
-    "finetuning": ("full", "lora"),
-}
-
 
 @dataclass(frozen=True)
-class TextClassificationConfig:
+class TextClassificationConfig(TrainConfig):
     """Fixed settings of a text-classification study (everything that is not searched)."""
 
-    model: str = field(
-        default="minilm",
-        metadata={"help": "'minilm' (packaged all-MiniLM-L6-v2), a local directory or a hub id"},
-    )
     dataset: DatasetConfig = field(
         default_factory=lambda: DatasetConfig(name="rotten_tomatoes"),
         metadata={"help": "built-in dataset name or local files"},
     )
     max_length: int = field(default=64, metadata={"help": "tokens per text; longer ones are cut"})
-    epochs: int = field(default=2, metadata={"help": "passes over the training split"})
-    evals_per_epoch: int = field(
-        default=2, metadata={"help": "validation passes (fidelity steps) per epoch"}
-    )
-    metric: Literal["val_loss", "val_accuracy", "val_f1"] = field(
-        default="val_loss", metadata={"help": "validation metric reported, pruned on and returned"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed of splits, initialization and order"})
-    precision: Literal["auto", "fp32", "bf16"] = field(
-        default="auto",
-        metadata={
-            "help": "bf16: autocast to bfloat16; auto: bf16 where this machine's CPU runs it "
-            "natively (AVX512-BF16 or AMX), else fp32"
-        },
-    )
-    eval_batch_size: int = field(default=128, metadata={"help": "examples per evaluation batch"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping; 0: none"})
-    prefix_cache_mb: int = field(
-        default=1024,
-        metadata={"help": "memory for frozen-layer outputs kept across trials (MiB); 0: none"},
-    )
-    cache_dir: str | None = field(
-        default=".hpo_cache", metadata={"help": "on-disk token cache directory; null: none"}
-    )
-    checkpoint_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "directory all workers reach; each fidelity step is checkpointed there and "
-            "a retried trial resumes from it. null: no checkpoints"
-        },
-    )
-    deterministic: bool = field(
-        default=False, metadata={"help": "torch deterministic algorithms (slower)"}
-    )
+
+    METRICS: ClassVar[dict[str, str]] = METRICS
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(
-                f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}"
-            )
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        for name in ("max_length", "epochs", "evals_per_epoch", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.prefix_cache_mb < 0:
-            raise ValueError(f"prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
+        super().__post_init__()
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
+            raise ValueError(f"max_length must be an integer >= 1, got {self.max_length!r}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TextClassificationConfig:
-        """Build from a config mapping; unknown keys are errors."""
-        known = {f.name for f in fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ValueError(f"unknown key {key!r} (valid: {', '.join(sorted(known))})")
-        d = dict(d)
+    def _convert(cls, d: dict[str, Any]) -> dict[str, Any]:
         if "dataset" in d:
             ds = d["dataset"]
             if isinstance(ds, str):
@@ -152,13 +68,106 @@ class TextClassificationConfig:
             if not isinstance(ds, dict):
                 raise ValueError(f"dataset must be a mapping or a built-in name, got {ds!r}")
             d["dataset"] = DatasetConfig.from_dict(ds)
-        return cls(**d)
+        return d
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able mapping that round-trips through :meth:`from_dict`."""
-        out = asdict(self)
-        out["dataset"] = self.dataset.to_dict()
-        return out
+
+class TextClassificationTask:
+    """Token ids in, class logits out; cross-entropy loss; loss, accuracy and macro-F1."""
+
+    peft_task_type = "SEQ_CLS"
+
+    def __init__(self, config: TextClassificationConfig, res: Resources) -> None:
+        self.config = config
+        self.res = res
+        self.base_model = res.base_model
+        self.structure = res.structure
+        self.prefix_cache = res.prefix_cache
+        self.key = res.key
+        self.n_classes = len(res.splits.label_names)
+        if res.fast is None:
+            res.fast = self._fast_paths()
+        self.fast = res.fast
+
+    def _fast_paths(self) -> Any:
+        from objectives.fastpath import FastPaths
+
+        probe = list(self.examples("validation")[:4]) or list(self.examples("train")[:4])
+        batch = self.collate(probe, self.res.device)
+        return FastPaths(self.base_model, self.structure,
+                         (batch.inputs, np.array([len(ids) for ids, _ in probe])))
+
+    def examples(self, split: str) -> Sequence[tuple[np.ndarray, int]]:
+        """``(token ids, label)`` per example (built once per worker and split)."""
+        cache = self.res.extra.setdefault("examples", {})
+        if split not in cache:
+            enc = self.res.encoded[split]
+            cache[split] = list(zip(enc.ids, enc.labels.tolist(), strict=True))
+        return cache[split]
+
+    def lengths(self, split: str) -> np.ndarray:
+        return self.res.encoded[split].lengths
+
+    def collate(self, examples: Sequence[tuple[np.ndarray, int]], device: str) -> Batch:
+        import torch
+
+        from objectives.core import Batch
+
+        width = max(len(ids) for ids, _ in examples)
+        ids = np.full((len(examples), width), self.res.pad_id, dtype=np.int64)
+        mask = np.zeros((len(examples), width), dtype=np.int64)
+        for i, (x, _) in enumerate(examples):
+            ids[i, : len(x)] = x
+            mask[i, : len(x)] = 1
+        labels = torch.tensor([label for _, label in examples], dtype=torch.long)
+        return Batch(
+            inputs={"input_ids": torch.from_numpy(ids).to(device),
+                    "attention_mask": torch.from_numpy(mask).to(device)},
+            targets=labels.to(device),
+            units=len(examples),
+            tokens=int(mask.sum()),
+        )
+
+    def loss(self, outputs: Any, batch: Batch) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        return F.cross_entropy(outputs.logits.float(), batch.targets, reduction="sum")
+
+    def collect(self, outputs: Any, batch: Batch) -> dict[str, Any]:
+        import torch.nn.functional as F
+
+        logits = outputs.logits.float()
+        return {
+            "loss_sum": float(F.cross_entropy(logits, batch.targets, reduction="sum")),
+            "units": batch.units,
+            "pred": logits.argmax(-1).tolist(),
+            "label": batch.targets.tolist(),
+        }
+
+    def metrics(self, collected: dict[str, Any]) -> dict[str, float]:
+        from objectives.metrics import macro_f1
+
+        pred, label = np.asarray(collected["pred"]), np.asarray(collected["label"])
+        return {
+            "val_loss": collected["loss_sum"] / max(collected["units"], 1),
+            "val_accuracy": float(np.mean(pred == label)) if len(label) else 0.0,
+            "val_f1": macro_f1(label, pred, self.n_classes),
+        }
+
+
+def task_for(cfg: TextClassificationConfig, device: str | None = None) -> TextClassificationTask:
+    """The task of ``cfg`` on this worker: data and model loaded once per process and device."""
+    from objectives import distributed
+    from objectives.devices import resolve_device
+    from objectives.models import get_resources
+
+    ctx = distributed.current()
+    if device is None:
+        device = (distributed.rank_device(ctx, cfg.device) if ctx.active
+                  else resolve_device(cfg.device))
+    splits = load_splits(cfg.dataset, cfg.seed)
+    res = get_resources(cfg.model, splits, cfg.max_length, cfg.cache_dir, cfg.prefix_cache_mb,
+                        device)
+    return TextClassificationTask(cfg, res)
 
 
 def prepare(cfg: TextClassificationConfig) -> dict[str, Any]:
@@ -172,98 +181,23 @@ def fingerprint(cfg: TextClassificationConfig) -> str:
     return data_fingerprint(cfg.dataset, cfg.seed)
 
 
-def _model_layers(cfg: TextClassificationConfig) -> tuple[int, set[str]]:
-    from objectives.models import quiet_transformers
-    from objectives.models import resolve_model_path
-
-    quiet_transformers()
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(resolve_model_path(cfg.model))
-    except OSError as exc:
-        raise ValueError(
-            f"model {cfg.model!r}: not a local model directory and not reachable as a hub id "
-            f"({str(exc).splitlines()[0]})"
-        ) from None
-    n = int(getattr(config, "num_hidden_layers", 0) or 0)
-    model_type = getattr(config, "model_type", "")
-    modules = {"query", "key", "value", "dense"} if model_type in ("bert", "roberta") else set()
-    return n, modules
-
-
 def validate_space(cfg: TextClassificationConfig, distributions: dict[str, Any]) -> None:
-    """Check every sampled hyperparameter's name and range, including against the model.
+    """Check every sampled hyperparameter's name and range, also against the model's structure.
 
     Raises:
         ValueError: naming the parameter, e.g. a freezing depth beyond the model's layers.
     """
-    from optuna.distributions import CategoricalDistribution
+    from objectives.models import describe_model
 
     for name, dist in distributions.items():
-        if name not in DEFAULT_PARAMS:
-            raise ValueError(
-                f"{name}: not a hyperparameter of text_classification "
-                f"(known: {', '.join(sorted(DEFAULT_PARAMS))})"
-            )
-        values = (
-            list(dist.choices)
-            if isinstance(dist, CategoricalDistribution)
-            else [dist.low, dist.high]
-        )
-        if name in _CHOICES:
-            for v in values:
-                if v not in _CHOICES[name]:
-                    raise ValueError(
-                        f"{name}: {v!r} is not valid (valid: {', '.join(_CHOICES[name])})"
-                    )
-        elif name in _RANGES:
-            lo, hi = _RANGES[name]
-            for v in values:
-                if not isinstance(v, int | float) or isinstance(v, bool) or not lo <= v <= hi:
-                    raise ValueError(f"{name}: {v!r} is outside [{lo}, {hi}]")
-        if name == "learning_rate" and min(values) <= 0:
-            raise ValueError(f"learning_rate: must be > 0, got {min(values)!r}")
-    if "freeze_layers" in distributions or "target_modules" in distributions:
-        n_layers, modules = _model_layers(cfg)
-        if "freeze_layers" in distributions:
-            dist = distributions["freeze_layers"]
-            values = (
-                list(dist.choices)
-                if isinstance(dist, CategoricalDistribution)
-                else [dist.low, dist.high]
-            )
-            for v in values:
-                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= n_layers:
-                    raise ValueError(
-                        f"freeze_layers: {v!r} is beyond the model's {n_layers} encoder layers "
-                        f"(valid: 0..{n_layers})"
-                    )
-        if "target_modules" in distributions and modules:
-            for choice in distributions["target_modules"].choices:
-                for part in str(choice).split(","):
-                    if part.strip() not in modules:
-                        raise ValueError(
-                            f"target_modules: {part.strip()!r} is not a module of {cfg.model!r} "
-                            f"(valid: {', '.join(sorted(modules))})"
-                        )
+        TrainParams.check_distribution(name, dist)
+    if any(name in distributions for name in TrainParams.MODEL_CHECKED):
+        describe_model(cfg.model, "sequence-classification").check_space(distributions)
 
 
-def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The sampled params on top of :data:`DEFAULT_PARAMS`; LoRA when ``r`` was sampled."""
-    hp = {**DEFAULT_PARAMS, **params}
-    if "finetuning" not in params and "r" in params:
-        hp["finetuning"] = "lora"
-    return hp
-
-
-def objective(
-    trial: optuna.Trial, params: dict[str, Any], cfg: TextClassificationConfig
-) -> float:
+def objective(trial: optuna.Trial, params: dict[str, Any], cfg: TextClassificationConfig, *,
+              resume: list[int] | None = None) -> float:
     """Fine-tune with ``params``; report ``cfg.metric`` at each fidelity step; return its best."""
-    from objectives.models import get_resources
-    from objectives.training import fine_tune
+    from objectives.objective import run_trial
 
-    splits = load_splits(cfg.dataset, cfg.seed)
-    res = get_resources(cfg.model, splits, cfg.max_length, cfg.cache_dir, cfg.prefix_cache_mb)
-    return fine_tune(trial, resolve_params(params), cfg, res)
+    return run_trial(trial, TrainParams.from_params(params), task_for(cfg), resume=resume)

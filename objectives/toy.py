@@ -25,6 +25,7 @@ import optuna
 __all__ = ["METRICS", "ToyConfig", "objective", "prepare", "validate_space"]
 
 METRICS = {"value": "minimize"}
+_ENV = ("CUDA_VISIBLE_DEVICES", "RANK", "WORLD_SIZE", "LOCAL_RANK", "HPO_WORKER_ID")
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,9 @@ def _checkpoint(cfg: ToyConfig, study: str, number: int) -> Path:
     return Path(cfg.checkpoint_dir) / study / f"trial-{number}.json"
 
 
-def _resume(trial: optuna.Trial, cfg: ToyConfig) -> tuple[int, list[dict[str, float]]]:
+def _resume(trial: optuna.Trial, cfg: ToyConfig, history: list[int]) -> tuple[int, list[dict[str, float]]]:
     if cfg.checkpoint_dir is None:
         return 0, []
-    history = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("retry_history", [])
     for number in reversed(history):
         path = _checkpoint(cfg, trial.study.study_name, number)
         if path.exists():
@@ -96,13 +96,20 @@ def _resume(trial: optuna.Trial, cfg: ToyConfig) -> tuple[int, list[dict[str, fl
     return 0, []
 
 
-def objective(trial: optuna.Trial, params: dict[str, Any], cfg: ToyConfig) -> float:
-    """Score ``params`` as a quadratic around 0.3, reported over ``cfg.n_steps`` steps."""
+def objective(trial: optuna.Trial, params: dict[str, Any], cfg: ToyConfig, *,
+              resume: list[int] | None = None) -> float:
+    """Score ``params`` as a quadratic around 0.3, reported over ``cfg.n_steps`` steps.
+
+    ``resume``: the trials this one retries (oldest first); it goes on from the newest
+    checkpoint among them. The trial records the environment a worker pinned it to
+    (``CUDA_VISIBLE_DEVICES``, torchrun's ``RANK``/``WORLD_SIZE``) as ``seen_env``.
+    """
+    trial.set_user_attr("seen_env", {k: os.environ[k] for k in _ENV if k in os.environ})
     if params.get("fail"):
         raise RuntimeError("this configuration fails on purpose (param fail=true)")
     numbers = [float(v) for v in params.values() if isinstance(v, int | float) and not isinstance(v, bool)]
     final = sum((x - 0.3) ** 2 for x in numbers)
-    start, history = _resume(trial, cfg)
+    start, history = _resume(trial, cfg, list(resume or []))
     for entry in history:
         trial.report(entry["value"], int(entry["step"]))
     best = min((e["value"] for e in history), default=math.inf)

@@ -1,0 +1,632 @@
+"""The training core: one function trains any task on any device, and knows nothing of optuna.
+
+:func:`train` takes typed hyperparameters, a task (data, model, loss, metrics: see
+:class:`Task`) and a device, and calls ``on_eval`` at each fidelity step; ``on_eval`` decides
+whether to stop (the optuna adapter in :mod:`objectives.objective` asks the pruner there). As in
+nanoGPT's ``train.py``, the device, precision (autocast and gradient scaler), data-parallel
+set-up and memory accounting are decided once at the top; the loop below is device-free.
+
+Fidelity steps are training examples seen: each epoch's shuffled order is cut into
+``evals_per_epoch`` equal segments and evaluation happens exactly at each segment's end, so a
+batch-8 and a batch-32 trial report at the same steps. Batches are grouped by length (little
+padding) and frozen layers run once per example (:mod:`objectives.fastpath`).
+
+Under ``torchrun`` every rank trains on its shard of each batch (gradients averaged by
+``DistributedDataParallel``), evaluation outputs are gathered, only rank 0 calls ``on_eval`` and
+its decision is broadcast, so all ranks stop together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+import warnings
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Literal
+from typing import Protocol
+
+import numpy as np
+
+from objectives import distributed
+from objectives.devices import MemoryMeter
+from objectives.devices import Precision
+from objectives.devices import device_name
+from objectives.devices import gib
+from objectives.devices import is_out_of_memory
+from objectives.devices import release_memory
+from objectives.devices import resolve_device
+from objectives.devices import resolve_precision
+from objectives.record import EvalPoint
+from objectives.record import TrialRecord
+
+if TYPE_CHECKING:
+    import torch
+
+    from objectives.config import TrainConfig
+    from objectives.fastpath import FastPaths
+    from objectives.models import PrefixCache
+    from objectives.params import TrainParams
+    from objectives.structure import ModelStructure
+
+__all__ = ["Batch", "NonFiniteLoss", "OutOfMemory", "Task", "TrainError", "TrainResult",
+           "plan_segments", "train"]
+
+_MEGA_BATCHES = 16  # length grouping: sort this many batches' worth of examples by length
+
+
+@dataclass
+class Batch:
+    """One batch, ready for the model."""
+
+    inputs: dict[str, Any]  # the model's keyword inputs, on the device
+    targets: Any  # what the task's loss and metrics compare the outputs with
+    units: int  # what the loss averages over: examples, or (for language models) tokens
+    tokens: int = 0  # input tokens (0 for tasks without tokens)
+
+
+class Task(Protocol):
+    """What the core needs from a task (text classification, causal-LM SFT, images...)."""
+
+    config: TrainConfig
+    peft_task_type: str  # peft's TaskType name: SEQ_CLS, CAUSAL_LM, TOKEN_CLS, ...
+    base_model: torch.nn.Module  # pretrained, frozen, in eval mode, on the device: never trained
+    structure: ModelStructure  # of base_model
+    fast: FastPaths | None  # which fast paths base_model supports (None: none)
+    prefix_cache: PrefixCache
+    key: tuple[Any, ...]  # identifies model + data, for cache keys
+
+    def examples(self, split: str) -> Sequence[Any]: ...  # "train", "validation", "test"
+    def lengths(self, split: str) -> np.ndarray: ...
+    def collate(self, examples: Sequence[Any], device: str) -> Batch: ...
+    def loss(self, outputs: Any, batch: Batch) -> torch.Tensor: ...  # summed over units, fp32
+    def collect(self, outputs: Any, batch: Batch) -> dict[str, Any]: ...  # per-example lists
+    def metrics(self, collected: dict[str, Any]) -> dict[str, float]: ...
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    record: TrialRecord
+    value: float | None  # the best value of the config's metric
+    stopped: bool  # ``on_eval`` asked to stop
+    model: Any = None  # the trained model when ``keep_model`` (a peft model for LoRA)
+
+
+class TrainError(Exception):
+    """A training run that cannot go on; ``record`` holds what it measured until then."""
+
+    def __init__(self, message: str, record: TrialRecord) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class NonFiniteLoss(TrainError):
+    """The training loss became NaN or infinite."""
+
+
+class OutOfMemory(TrainError):
+    """The device ran out of memory; the configuration is infeasible there."""
+
+
+def plan_segments(n_train: int, epochs: int, evals_per_epoch: int, seed: int) -> list[np.ndarray]:
+    """The training order, cut into fidelity segments (one evaluation at the end of each)."""
+    segments = []
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(n_train)
+        segments.extend(np.array_split(order, min(evals_per_epoch, n_train)))
+    return segments
+
+
+def _batches(segment: np.ndarray, lengths: np.ndarray, batch_size: int,
+             rng: np.random.Generator) -> list[np.ndarray]:
+    """Length-grouped batches: little padding, still a random order of batches."""
+    chunk = batch_size * _MEGA_BATCHES
+    batches = []
+    for start in range(0, len(segment), chunk):
+        part = segment[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def train(
+    params: TrainParams,
+    task: Task,
+    *,
+    on_eval: Callable[[EvalPoint], bool] | None = None,
+    on_start: Callable[[TrialRecord], None] | None = None,
+    resume: Path | None = None,
+    checkpoint: Path | None = None,
+    stop_at: int | None = None,
+    train_on: Literal["train", "train+validation"] = "train",
+    keep_model: bool = False,
+    fast_paths: bool = True,
+) -> TrainResult:
+    """Train ``task``'s model with ``params`` on ``task.config.device``; evaluate at each step.
+
+    Args:
+        params: the hyperparameters (validated).
+        task: the task (its config holds the device, precision, epochs, metric...).
+        on_eval: called after each evaluation (restored ones of a resumed run included, whose
+            answer is ignored); returns True to stop the run there. Rank 0 only.
+        on_start: called once the run is planned, before the first step, with the record so
+            far (device, precision, parameter counts, planned examples). Rank 0 only.
+        resume: a checkpoint to go on from (see :mod:`objectives.checkpoints`).
+        checkpoint: where to save a checkpoint after each evaluation but the last.
+        stop_at: stop after this many training examples (the same run as without it up to
+            there: same order, batches and learning-rate schedule).
+        train_on: ``train+validation`` trains on both splits with the schedule planned on the
+            training split (the final model of ``hpo export --include-validation``).
+        keep_model: return the trained model (whole again, a peft model for LoRA).
+        fast_paths: False recomputes the frozen layers at every step (same results, slower):
+            the reference the fast paths are tested against.
+
+    Raises:
+        NonFiniteLoss: the training loss became NaN or infinite.
+        OutOfMemory: the device ran out of memory (what the run held is released first).
+    """
+
+    cfg = task.config
+    ctx = distributed.current()
+    device = distributed.rank_device(ctx, cfg.device) if ctx.active else resolve_device(cfg.device)
+    precision = Precision(resolve_precision(cfg.precision, device), device)
+    meter = MemoryMeter(device)
+    meter.start()
+    record = TrialRecord(device=device, device_name=device_name(device), precision=precision.name,
+                         world_size=ctx.world_size if ctx.active else None)
+    try:
+        return _train(params, task, device, precision, ctx, record, meter, on_eval=on_eval,
+                      on_start=on_start, resume=resume, checkpoint=checkpoint, stop_at=stop_at, train_on=train_on,
+                      keep_model=keep_model, fast_paths=fast_paths)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+    # Out of the except block, the traceback (and every tensor its frames held) is gone.
+    release_memory(device)
+    peak = meter.peak_bytes()
+    record.peak_memory_mb = None if peak is None else round(peak / 2**20, 1)
+    raise OutOfMemory(
+        f"out of memory at batch_size={params.batch_size} on {device}, peak {gib(peak)}", record
+    )
+
+
+def _train(
+    params: TrainParams,
+    task: Task,
+    device: str,
+    precision: Precision,
+    ctx: distributed.DistContext,
+    record: TrialRecord,
+    meter: MemoryMeter,
+    *,
+    on_eval: Callable[[EvalPoint], bool] | None,
+    on_start: Callable[[TrialRecord], None] | None,
+    resume: Path | None,
+    checkpoint: Path | None,
+    stop_at: int | None,
+    train_on: str,
+    keep_model: bool,
+    fast_paths: bool,
+) -> TrainResult:
+    import torch
+
+    from objectives.checkpoints import load_checkpoint
+    from objectives.checkpoints import save_checkpoint
+    from objectives.checkpoints import trial_number
+    from objectives.fastpath import Replay
+    from objectives.fastpath import cls_top
+    from objectives.fastpath import first_positions
+    from objectives.fastpath import pad_states
+    from objectives.fastpath import replaying
+    from objectives.structure import find_structure
+
+    cfg = task.config
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    scaler = precision.scaler()
+    k, lora, batch_size = params.freeze_layers, params.lora, params.batch_size
+
+    # The trial's own model: a copy of the pretrained one that shares the frozen weights.
+    model, shared = _fresh_model(task, k, lora)
+    for p in model.parameters():
+        if id(p) not in shared:
+            p.requires_grad_(True)
+    _set_dropout(model, params.dropout)
+    structure = find_structure(model)
+    frozen = structure.frozen(k)
+    for m in frozen:
+        m.requires_grad_(False)
+    fast = task.fast if fast_paths else None
+    top_first = fast is not None and k < structure.n_layers and fast.cls_top()
+    if lora:
+        model = _apply_lora(model, params, structure, k, task.peft_task_type)
+    first_only = fast is not None and k == structure.n_layers and fast.first_token_only()
+    use_cache = bool(frozen) and not lora and fast is not None and fast.prefix(k, first_only)
+
+    # Inputs, and the frozen prefix's outputs computed once (or taken from the cache).
+    splits = ("train", "validation")
+    examples = {s: task.examples(s) for s in splits}
+    lengths = {s: task.lengths(s) for s in splits}
+    cached: dict[str, list[torch.Tensor]] = {}
+    t_prefix = time.perf_counter()
+    if use_cache:
+        cached = _prefix_outputs(task, structure, model, k, first_only, precision, device)
+    record.prefix_seconds = time.perf_counter() - t_prefix
+    record.prefix_cached = use_cache
+    n_train = len(examples["train"])
+    train_examples, train_lengths = examples["train"], lengths["train"]
+    train_cache = cached.get("train")
+    if train_on == "train+validation":
+        train_examples = [*examples["train"], *examples["validation"]]
+        train_lengths = np.concatenate([lengths["train"], lengths["validation"]])
+        if use_cache:
+            train_cache = [*cached["train"], *cached["validation"]]
+
+    record.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    record.total_params = sum(p.numel() for p in model.parameters())
+    optimizer = _optimizer(model, params)
+    segments = plan_segments(n_train, cfg.epochs, cfg.evals_per_epoch, cfg.seed)
+    total_steps = sum(math.ceil(len(s) / batch_size) for s in segments)
+    if train_on == "train+validation":
+        segments = plan_segments(len(train_examples), cfg.epochs, cfg.evals_per_epoch, cfg.seed)
+    warmup = int(round(params.warmup_ratio * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(total_steps, warmup, params.lr_scheduler_type)
+    )
+    record.planned_examples = int(sum(len(s) for s in segments))
+    if on_start is not None and ctx.is_main:
+        on_start(record)
+
+    seen, tokens, start_segment = 0, 0, 0
+    named_trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if resume is not None:
+        loaded = load_checkpoint(resume, device)
+        if loaded is not None:
+            weights, optim_state, state = loaded
+            model.load_state_dict(weights, strict=False)
+            optimizer.load_state_dict(optim_state)
+            scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            record.history = [p for d in state["history"] if (p := EvalPoint.from_dict(d))]
+            seen, tokens, start_segment = state["seen"], state["tokens"], state["segment"]
+            record.train_seconds = float(state["train_seconds"])
+            record.resumed_from = {"trial": trial_number(resume), "step": seen}
+            for point in record.history:
+                if on_eval is not None and ctx.is_main:
+                    on_eval(point)
+
+    model.train()
+    for m in frozen:
+        m.eval()  # frozen layers: no dropout, so their outputs are fixed and cacheable
+    net = model
+    if ctx.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(
+            model, device_ids=[ctx.local_rank] if device.startswith("cuda") else None
+        )
+    replay = Replay(structure.layers[k - 1], task.fast.tuple_len) if use_cache else None
+    rng = np.random.default_rng([cfg.seed, 1])
+    stopped = False
+    swap = replaying(structure, replay, k) if replay is not None else contextlib.nullcontext()
+    top = structure if top_first else None
+    with swap, cls_top(top, training=True):
+        for seg_index in range(start_segment, len(segments)):
+            if stop_at is not None and seen >= stop_at:
+                break
+            t0 = time.perf_counter()
+            for idx in _batches(segments[seg_index], train_lengths, batch_size, rng):
+                if stop_at is not None:
+                    idx = idx[: max(stop_at - seen, 0)]
+                    if not len(idx):
+                        break
+                local, weight = idx, 1.0
+                if ctx.active:  # this rank's shard; an empty one runs one example at weight 0
+                    local = idx[ctx.rank :: ctx.world_size]
+                    if not len(local):
+                        local, weight = idx[:1], 0.0
+                batch = task.collate([train_examples[i] for i in local], device)
+                inputs = batch.inputs
+                if replay is not None:
+                    replay.states = pad_states([train_cache[i] for i in local])
+                    if first_only:
+                        inputs = first_positions(inputs)
+                with precision.autocast():
+                    outputs = net(**inputs)
+                loss_sum = task.loss(outputs, batch) * weight
+                units, n_tokens = batch.units * weight, batch.tokens * weight
+                if ctx.active:
+                    units, n_tokens = _all_sum([units, n_tokens], device)
+                loss = loss_sum / max(units, 1) * ctx.world_size
+                finite = bool(torch.isfinite(loss_sum))
+                if ctx.active:
+                    finite = not distributed.any_rank(not finite, ctx)
+                if not finite:
+                    record.train_seconds += time.perf_counter() - t0
+                    record.examples_seen = seen
+                    raise NonFiniteLoss(
+                        f"training loss is {loss_sum.detach().item() / max(units, 1):.4g} after "
+                        f"{seen} examples (learning_rate={params.learning_rate:.3g})", record
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.max_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_([p for _, p in named_trainable],
+                                                   cfg.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                seen += len(idx)
+                tokens += int(n_tokens)
+            metrics = evaluate(model, task, "validation", device, precision, structure=top,
+                               cache=cached.get("validation"), replay=replay,
+                               first_only=first_only)
+            for m in frozen:
+                m.eval()
+            record.train_seconds += time.perf_counter() - t0
+            point = EvalPoint(step=seen, metrics=metrics, seconds=record.train_seconds,
+                              tokens=tokens or None)
+            record.history.append(point)
+            record.examples_seen, record.tokens_seen = seen, tokens or None
+            stop = bool(on_eval(point)) if on_eval is not None and ctx.is_main else False
+            stop = bool(distributed.broadcast(stop, ctx))
+            if checkpoint is not None and ctx.is_main and seg_index + 1 < len(segments):
+                save_checkpoint(
+                    checkpoint,
+                    {n: p for n, p in named_trainable},
+                    optimizer.state_dict(),
+                    {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                     "history": [p.to_dict() for p in record.history], "seen": seen,
+                     "tokens": tokens, "segment": seg_index + 1,
+                     "train_seconds": record.train_seconds},
+                )
+            if stop:
+                stopped = True
+                break
+
+    best = record.best_point(cfg.metric, cfg.minimize)
+    record.best_step = best.step if best is not None else None
+    record.examples_seen, record.tokens_seen = seen, tokens or None
+    record.trial_seconds = time.perf_counter() - t_start
+    if tokens and record.train_seconds:
+        record.tokens_per_second = tokens / record.train_seconds
+    peak = meter.peak_bytes()
+    record.peak_memory_mb = None if peak is None else round(peak / 2**20, 1)
+    value = best.metrics[cfg.metric] if best is not None else None
+    return TrainResult(record=record, value=value, stopped=stopped,
+                       model=model if keep_model else None)
+
+
+def evaluate(model: Any, task: Task, split: str, device: str, precision: Precision,
+             **kw: Any) -> dict[str, float]:
+    """The task's metrics on ``split`` (see :func:`outputs` for the arguments)."""
+    return task.metrics(outputs(model, task, split, device, precision, **kw))
+
+
+def outputs(
+    model: Any,
+    task: Task,
+    split: str,
+    device: str,
+    precision: Precision,
+    *,
+    structure: ModelStructure | None = None,
+    cache: Sequence[torch.Tensor] | None = None,
+    replay: Any = None,
+    first_only: bool = False,
+) -> dict[str, Any]:
+    """What the task collects from the model on ``split`` (loss sums, predictions...), in
+    inference mode, batched by length; under data-parallel training every rank runs its shard
+    and the outputs are gathered on every rank.
+
+    Args:
+        structure: run its top layer for the first position only (see
+            :func:`objectives.fastpath.cls_top`); None: as it is.
+        cache, replay, first_only: the frozen prefix's outputs for ``split`` and the module
+            that feeds them (see :func:`train`).
+    """
+    import torch
+
+    from objectives.fastpath import cls_top
+    from objectives.fastpath import first_positions
+    from objectives.fastpath import pad_states
+
+    ctx = distributed.current()
+    examples = task.examples(split)
+    order = np.argsort(task.lengths(split), kind="stable")
+    if ctx.active:
+        order = order[ctx.rank :: ctx.world_size]
+    was_training = model.training
+    model.eval()
+    parts: list[dict[str, Any]] = []
+    batch_size = task.config.eval_batch_size
+    with torch.inference_mode(), precision.autocast(), cls_top(structure, training=False):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = task.collate([examples[i] for i in idx], device)
+            inputs = batch.inputs
+            if cache is not None and replay is not None:
+                replay.states = pad_states([cache[i] for i in idx])
+                if first_only:
+                    inputs = first_positions(inputs)
+            part = task.collect(model(**inputs), batch)
+            part["index"] = [int(i) for i in idx]
+            parts.append(part)
+    model.train(was_training)
+    if ctx.active:
+        parts = [p for rank_parts in distributed.all_gather(parts, ctx) for p in rank_parts]
+    return _merge(parts)
+
+
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-batch outputs as one: lists concatenated in example order, numbers summed."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, list):
+                out.setdefault(key, []).extend(value)
+            else:
+                out[key] = out.get(key, 0) + value
+    if "index" in out:
+        order = np.argsort(out["index"], kind="stable")
+        n = len(order)
+        for key, value in out.items():
+            if isinstance(value, list) and len(value) == n:
+                out[key] = [value[i] for i in order]
+    return out
+
+
+def _all_sum(values: list[float], device: str) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _prefix_outputs(task: Task, structure: ModelStructure, model: Any, k: int, first_only: bool,
+                    precision: Precision, device: str) -> dict[str, list[torch.Tensor]]:
+    """The frozen prefix's outputs for train and validation: from the cache, or computed (from
+    the deepest shallower depth in the cache, when there is one) and put in the cache."""
+    from objectives.fastpath import compute_prefix
+
+    key = (task.key, k, precision.name, first_only)
+    hit = task.prefix_cache.get(key)
+    if hit is not None:
+        return hit
+    start: dict[str, Any] = {}
+    if not first_only:
+        for depth in range(k - 1, 0, -1):
+            shallower = task.prefix_cache.get((task.key, depth, precision.name, False))
+            if shallower is not None:
+                start = {name: (depth, states) for name, states in shallower.items()}
+                break
+    out = {}
+    for split in ("train", "validation"):
+        examples, lengths = task.examples(split), task.lengths(split)
+        order = np.argsort(lengths, kind="stable")
+        size = task.config.eval_batch_size
+        batches = [
+            (idx, task.collate([examples[i] for i in idx], device).inputs)
+            for idx in (order[s : s + size] for s in range(0, len(order), size))
+        ]
+        out[split] = compute_prefix(
+            model, structure, batches, len(examples), k, lengths, precision.autocast,
+            task.fast.tuple_len, first_only, start.get(split),
+        )
+    nbytes = sum(t.numel() * t.element_size() for states in out.values() for t in states)
+    task.prefix_cache.put(key, out, nbytes)
+    return out
+
+
+def _fresh_model(task: Task, k: int, lora: bool) -> tuple[Any, set[int]]:
+    """A trial's own copy of the pretrained model, never a reload from disk.
+
+    The modules that a (non-LoRA) trial freezes are never written: the copy shares their weights
+    with the base model instead of copying them (at freeze 6 of MiniLM, 88 of 91 MB). LoRA
+    copies everything, as merging an adapter writes the base weights. Returns the copy and the
+    ids of the shared parameters (they stay frozen).
+    """
+    import torch
+
+    memo: dict[int, Any] = {}
+    if k > 0 and not lora:
+        for module in task.structure.frozen(k):
+            for t in (*module.parameters(), *module.buffers()):
+                memo[id(t)] = t
+    shared = {i for i, t in memo.items() if isinstance(t, torch.nn.Parameter)}
+    return copy.deepcopy(task.base_model, memo), shared
+
+
+def _optimizer(model: Any, params: TrainParams) -> torch.optim.Optimizer:
+    import torch
+
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue  # frozen: no gradient, no optimizer state
+        # No decay on biases and norms' weights (the 1-d tensors), as in BERT and HF Trainer.
+        (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": float(params.weight_decay)},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    # One fused kernel for all tensors (as HF Trainer's default `adamw_torch_fused`): on CPU
+    # torch's default is a per-tensor loop, 4x slower, ~15% of a full fine-tuning step.
+    fused = all(p.device.type in ("cpu", "cuda") for p in [*decay, *no_decay])
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=float(params.learning_rate), fused=fused
+    )
+
+
+def _schedule(total: int, warmup: int, kind: str) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(total - warmup, 1)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return max(0.0, 1.0 - progress)
+
+    return factor
+
+
+def _set_dropout(model: Any, p: float | None) -> None:
+    import torch
+
+    if p is None:
+        return
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = float(p)
+
+
+def _apply_lora(model: Any, params: TrainParams, structure: ModelStructure, k: int,
+                task_type: str) -> Any:
+    """Wrap ``model`` with LoRA adapters (peft) on the layers above ``k``; the task's head
+    (every module outside the backbone) trains fully."""
+    from peft import LoraConfig
+    from peft import TaskType
+    from peft import get_peft_model
+
+    from objectives.structure import check_lora_targets
+    from objectives.structure import default_lora_targets
+
+    if params.target_modules is None:
+        targets = default_lora_targets(structure)
+    else:
+        targets = check_lora_targets(structure, params.target_modules)
+    extra: dict[str, Any] = {}
+    n = structure.n_layers
+    if 0 < k < n:
+        extra = {"layers_to_transform": list(range(k, n)), "layers_pattern": structure.layers_name}
+    head = [name for name, child in model.named_children()
+            if child is not structure.backbone and any(True for _ in child.parameters())]
+    config = LoraConfig(
+        task_type=TaskType[task_type],
+        r=int(params.r),
+        lora_alpha=params.lora_alpha,
+        lora_dropout=float(params.lora_dropout),
+        target_modules=targets,
+        modules_to_save=head or None,
+        **extra,
+    )
+    with warnings.catch_warnings():
+        # peft 0.21 still calls transformers' deprecated `is_gradient_checkpointing`.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        return get_peft_model(model, config)
