@@ -277,22 +277,22 @@ def trial_for(pruner: Any = None) -> Any:
 @contextlib.contextmanager
 def eval_clock() -> Iterator[list[tuple[float, float, float]]]:
     """Record (start, end, accuracy) of each evaluation inside our training loop."""
-    from objectives import training
+    from objectives import core
 
     events: list[tuple[float, float, float]] = []
-    original = training.evaluate
+    original = core.evaluate
 
     def timed_evaluate(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         result = original(*args, **kwargs)
-        events.append((t0, time.perf_counter(), result.accuracy))
+        events.append((t0, time.perf_counter(), result["val_accuracy"]))
         return result
 
-    training.evaluate = timed_evaluate
+    core.evaluate = timed_evaluate
     try:
         yield events
     finally:
-        training.evaluate = original
+        core.evaluate = original
 
 
 def python() -> str:

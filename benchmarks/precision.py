@@ -35,7 +35,6 @@ from benchmarks._common import quiet
 from benchmarks._common import save_json
 from benchmarks._common import set_threads
 from benchmarks._common import text_config
-from benchmarks._common import trial_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
@@ -62,23 +61,24 @@ def cpu_support() -> dict[str, Any]:
     }
 
 
-def speed(res: Any, settings: dict[str, Any]) -> dict[str, Any]:
+def speed(task: Any, settings: dict[str, Any]) -> dict[str, Any]:
     """Seconds per training step and per inference batch, fp32 vs bf16 (best of repeats)."""
     import torch
-    import torch.nn.functional as F
 
-    from objectives import training
+    from objectives.core import _batches
+    from objectives.devices import Precision
+    from objectives.structure import find_structure
 
-    enc = res.encoded["train"]
+    examples, lengths = task.examples("train"), task.lengths("train")
     rng = np.random.default_rng(0)
-    batches = training._batches(rng.permutation(len(enc)), enc.lengths, 32, rng)
-    batches = batches[: settings["steps"]]
+    batches = _batches(rng.permutation(len(examples)), lengths, 32, rng)
+    batches = [task.collate([examples[i] for i in idx], "cpu") for idx in batches[: settings["steps"]]]
     out: dict[str, Any] = {}
     for k in (0, 3):
-        model = copy.deepcopy(res.base_model)
+        model = copy.deepcopy(task.base_model)
         for p in model.parameters():
             p.requires_grad_(True)
-        frozen = [model.base_model.embeddings, *list(model.base_model.encoder.layer)[:k]]
+        frozen = find_structure(model).frozen(k)
         for m in frozen:
             m.requires_grad_(False)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
@@ -86,15 +86,15 @@ def speed(res: Any, settings: dict[str, Any]) -> dict[str, Any]:
         times: dict[str, list[float]] = {}
         for _ in range(settings["repeats"]):
             for precision in ("fp32", "bf16"):
-                autocast = training._autocast(precision)
+                autocast = Precision(precision, "cpu").autocast
                 model.train()
                 for m in frozen:
                     m.eval()
                 t0 = time.perf_counter()
-                for idx in batches:
+                for batch in batches:
                     with autocast():
-                        logits = training._forward(model, [enc.ids[i] for i in idx], 0, False)
-                    loss = F.cross_entropy(logits.float(), torch.from_numpy(enc.labels[idx]))
+                        outputs = model(**batch.inputs)
+                    loss = task.loss(outputs, batch) / batch.units
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
@@ -103,8 +103,8 @@ def speed(res: Any, settings: dict[str, Any]) -> dict[str, Any]:
                 model.eval()
                 t0 = time.perf_counter()
                 with torch.inference_mode(), autocast():
-                    for idx in batches:
-                        training._forward(model, [enc.ids[i] for i in idx], 0, False)
+                    for batch in batches:
+                        model(**batch.inputs)
                 times.setdefault(f"infer-{precision}", []).append(
                     (time.perf_counter() - t0) / len(batches))
         best = {key: min(v) for key, v in times.items()}
@@ -140,20 +140,19 @@ def sample_configs(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return configs
 
 
-def quality(cfg: Any, res: Any, settings: dict[str, Any]) -> dict[str, Any]:
-    from objectives.text_classification import resolve_params
-    from objectives.training import fine_tune
+def quality(cfg: Any, task: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    from objectives.core import train
+    from objectives.params import TrainParams
+    from objectives.text_classification import TextClassificationTask
 
     rows = []
     for i, params in enumerate(sample_configs(settings["n_configs"])):
         row: dict[str, Any] = {"params": params}
         for precision in (("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32")):
-            study, trial = trial_for()
-            c = dataclasses.replace(cfg, precision=precision)
-            fine_tune(trial, resolve_params(params), c, res)
-            a = study._storage.get_trial(trial._trial_id).user_attrs
-            row[precision] = {"val_loss": a["val_loss"], "val_accuracy": a["val_accuracy"],
-                              "seconds": a["train_seconds"] + a["prefix_seconds"]}
+            run = TextClassificationTask(dataclasses.replace(cfg, precision=precision), task.res)
+            r = train(TrainParams.from_params(params), run).record
+            row[precision] = {"val_loss": r.metric("val_loss"), "val_accuracy": r.metric("val_accuracy"),
+                              "seconds": r.train_seconds + r.prefix_seconds}
         rows.append(row)
         log(f"config {i} (freeze {params['freeze_layers']}, lr {params['learning_rate']:.1e}, "
             f"batch {params['batch_size']}): val_loss fp32 {row['fp32']['val_loss']:.4f} bf16 "
@@ -171,8 +170,7 @@ def quality(cfg: Any, res: Any, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    from objectives.data import load_splits
-    from objectives.models import get_resources
+    from objectives.text_classification import task_for
 
     quiet()
     set_threads()
@@ -181,10 +179,9 @@ def run(quick: bool) -> dict[str, Any]:
     support = cpu_support()
     log(f"CPU: {support}")
     cfg = text_config(settings["max_examples"])
-    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), cfg.max_length,
-                        cfg.cache_dir, cfg.prefix_cache_mb)
-    result = {"support": support, "speed": speed(res, settings),
-              "quality": quality(cfg, res, settings)}
+    task = task_for(cfg)
+    result = {"support": support, "speed": speed(task, settings),
+              "quality": quality(cfg, task, settings)}
     save_json("precision", {"quick": quick, "settings": settings, **result})
     return result
 

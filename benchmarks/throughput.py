@@ -3,7 +3,7 @@
 Both sides train the packaged MiniLM on the same Rotten Tomatoes split (max length 64, batch 32,
 learning rate 5e-5, linear schedule, fp32, all cores) for two epochs, and we time the second:
 
-- ours: ``objectives.training.fine_tune`` with one evaluation per epoch; the epoch-2 time runs
+- ours: ``objectives.core.train`` with one evaluation per epoch; the epoch-2 time runs
   from the end of the first evaluation to the start of the second (training only).
 - HF: ``Trainer.train`` with ``DataCollatorWithPadding`` (dynamic padding, no length grouping:
   the defaults), ``eval_strategy="no"``; the epoch-2 time runs from ``on_epoch_begin`` to
@@ -37,7 +37,6 @@ from benchmarks._common import save_json
 from benchmarks._common import set_threads
 from benchmarks._common import text_config
 from benchmarks._common import trainer_callback
-from benchmarks._common import trial_for
 
 MODES: dict[str, dict[str, Any]] = {
     "full": {"freeze_layers": 0, "finetuning": "full"},
@@ -54,23 +53,22 @@ SETTINGS = {  # rows before the 70/15/15 split, repeats per mode
 }
 
 
-def run_ours(mode: str, cfg: Any, res: Any) -> dict[str, float]:
+def run_ours(mode: str, task: Any) -> dict[str, float]:
+    from objectives.core import train
     from objectives.models import PrefixCache
-    from objectives.text_classification import resolve_params
-    from objectives.training import fine_tune
+    from objectives.params import TrainParams
 
-    res.prefix_cache = PrefixCache(cfg.prefix_cache_mb * 2**20)  # each run pays its prefix
-    hp = resolve_params({**BASE_PARAMS, **MODES[mode]})
-    study, trial = trial_for()
+    task.prefix_cache = task.res.prefix_cache = PrefixCache(
+        task.config.prefix_cache_mb * 2**20)  # each run pays its prefix
+    params = TrainParams.from_params({**BASE_PARAMS, **MODES[mode]})
     with eval_clock() as evals:
-        fine_tune(trial, hp, cfg, res)
-    attrs = study._storage.get_trial(trial._trial_id).user_attrs
-    n = len(res.encoded["train"])
+        record = train(params, task).record
+    n = len(task.examples("train"))
     (s1, e1, _), (s2, _, _) = evals[0], evals[1]
-    epoch1 = attrs["prefix_seconds"] + (attrs["history"][0]["seconds"] - (e1 - s1))
+    epoch1 = record.prefix_seconds + (record.history[0].seconds - (e1 - s1))
     epoch2 = s2 - e1
     return {"epoch1_s": epoch1, "epoch2_s": epoch2, "ex_per_s": n / epoch2,
-            "prefix_s": attrs["prefix_seconds"], "cached": attrs["prefix_cached"]}
+            "prefix_s": record.prefix_seconds, "cached": record.prefix_cached}
 
 
 def run_hf(mode: str, data: Any) -> dict[str, float]:
@@ -116,18 +114,16 @@ def run_hf(mode: str, data: Any) -> dict[str, float]:
 
 def run(quick: bool, modes: list[str] | None = None) -> list[str]:
     """Measure all modes; return the goal lines."""
-    from objectives.data import load_splits
-    from objectives.models import get_resources
+    from objectives.text_classification import task_for
 
     quiet()
     set_threads()
     settings = SETTINGS["quick" if quick else "full"]
     header("throughput: ours vs HF Trainer, epoch 2", quick)
     cfg = text_config(settings["max_examples"], evals_per_epoch=1)
-    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), cfg.max_length,
-                        cfg.cache_dir, cfg.prefix_cache_mb)
+    task = task_for(cfg)
     data = hf_data(settings["max_examples"])
-    log(f"train {len(res.encoded['train'])} examples, batch {BASE_PARAMS['batch_size']}, "
+    log(f"train {len(task.examples('train'))} examples, batch {BASE_PARAMS['batch_size']}, "
         f"max length {cfg.max_length}, fp32")
     results: dict[str, Any] = {}
     lines = []
@@ -137,7 +133,7 @@ def run(quick: bool, modes: list[str] | None = None) -> list[str]:
             order = ("ours", "hf") if rep % 2 == 0 else ("hf", "ours")
             row: dict[str, Any] = {}
             for side in order:
-                row[side] = run_ours(mode, cfg, res) if side == "ours" else run_hf(mode, data)
+                row[side] = run_ours(mode, task) if side == "ours" else run_hf(mode, data)
             row["ratio"] = row["ours"]["ex_per_s"] / row["hf"]["ex_per_s"]
             rows.append(row)
             log(f"{mode:8s} rep {rep}: ours {row['ours']['ex_per_s']:7.1f} ex/s "

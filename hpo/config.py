@@ -46,6 +46,7 @@ STUDY_KEYS = (
     "heartbeat_interval",
     "grace_period",
     "max_retry",
+    "devices_per_trial",
 )
 # Shared by both sides: the study uses them too, and the objective gets them.
 SHARED_KEYS = ("metric", "seed")
@@ -90,6 +91,19 @@ class StudyConfig:
     seed: int  # seed of the sampler, the data splits and the training
     objective_config: Any  # the objective's frozen config dataclass (or a dict)
     storage_settings: StorageSettings = field(default_factory=StorageSettings)
+    devices_per_trial: int = 1  # >1: each trial is a data-parallel job on that many devices
+
+    @property
+    def device(self) -> str | None:
+        """The objective's ``device`` setting (None for objectives without one)."""
+        return getattr(self.objective_config, "device", None)
+
+    def with_device(self, device: str) -> StudyConfig:
+        """This config with the objective training on ``device`` (``--device``, or the GPU a
+        launcher pinned a worker to); objectives without a device setting are unchanged."""
+        if self.device is None:
+            return self
+        return replace(self, objective_config=replace(self.objective_config, device=device))
 
     def to_dict(self) -> dict[str, Any]:
         """The config as stored in the study (JSON-able, without the storage URL)."""
@@ -110,6 +124,7 @@ class StudyConfig:
             "heartbeat_interval": self.storage_settings.heartbeat_interval,
             "grace_period": self.storage_settings.grace_period,
             "max_retry": self.storage_settings.max_retry,
+            "devices_per_trial": self.devices_per_trial,
             **{
                 k: v
                 for k, v in spec.config_to_dict(self.objective_config).items()
@@ -229,6 +244,8 @@ def config_from_dict(
         seed=seed,
         objective_config=objective_config,
         storage_settings=settings,
+        devices_per_trial=_positive_int(source, "devices_per_trial",
+                                        data.get("devices_per_trial", 1), allow_none=False),
     )
 
 

@@ -219,20 +219,13 @@ def _metrics(study: optuna.Study, best: optuna.trial.FrozenTrial, result: FinalR
         "saved_seed": first.seed,
         "label_names": result.label_names,
         "n_test_examples": first.test["n_examples"],
-        "precision": _precision(study),
+        "precision": result.precision,
+        "device": result.device,
         "test": {k: v for k, v in first.test.items() if k != "n_examples"},
         "test_summary": result.summary(),
         "per_seed": per_seed,
         "validation_check": check,
     }
-
-
-def _precision(study: optuna.Study) -> str | None:
-    """The precision the retrain and the test evaluation ran with (``auto`` resolved here)."""
-    from objectives.training import resolve_precision
-
-    precision = study.user_attrs["hpo_config"].get("precision")
-    return resolve_precision(precision) if isinstance(precision, str) else None
 
 
 def _run_record(

@@ -61,7 +61,7 @@ _LOG = logging.getLogger("hpo")
 # Config keys that may change when a study is resumed with `hpo run`: they steer this run, not
 # the results. `hpo create` refuses any change.
 _RESUMABLE_KEYS = ("n_trials", "timeout", "sampler", "pruner", "heartbeat_interval",
-                   "grace_period", "max_retry")
+                   "grace_period", "max_retry", "device", "devices_per_trial")
 
 
 def _quiet_optuna() -> None:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -30,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+from hpo import _optuna
 from hpo.config import StudyConfig
-from hpo.rdb import adopt_trial
 from hpo.search_space import SearchSpace
 from hpo.storage import RetryStaleTrialCallback
 from hpo.storage import quiet_optuna_warnings
@@ -44,6 +45,7 @@ from hpo.study import _state
 from hpo.study import budget_lock
 from hpo.study import budget_state
 from hpo.study import fail_stale
+from objectives import record
 
 if TYPE_CHECKING:
     import optuna
@@ -189,7 +191,7 @@ class _Heartbeat:
     """
 
     def __init__(self, study: optuna.Study, trial_id: int) -> None:
-        self._backend = rdb_backend(study._storage)
+        self._backend = rdb_backend(_optuna.storage_of(study))
         self._trial_id = trial_id
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -226,14 +228,14 @@ def _hand_back(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
     import optuna
     from optuna.trial import TrialState
 
-    backend = rdb_backend(study._storage)
-    storage = study._storage
+    storage = _optuna.storage_of(study)
+    backend = rdb_backend(storage)
     try:
         if backend is not None:
             backend.scoped_session.remove()  # the interrupted call may have left it mid-commit
-        if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+        if storage.get_trial(_optuna.trial_id(trial)).state != TrialState.RUNNING:
             return
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        storage.set_trial_user_attr(_optuna.trial_id(trial), record.FAIL_REASON, reason)
         frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         if frozen.state == TrialState.FAIL:
             RetryStaleTrialCallback(max_retry=None)(study, frozen)
@@ -285,18 +287,23 @@ def run_worker(
     threads: int | None = None,
     poll_interval: float | None = None,
     worker_id: str | None = None,
+    device: str | None = None,
+    failure_log: Path | None = None,
+    ranks: Callable[[dict[str, Any]], None] | None = None,
     on_trial: Callable[[optuna.trial.FrozenTrial, float], None] | None = None,
     on_start: Callable[[dict[str, int]], None] | None = None,
 ) -> RunSummary:
     """Run trials until the study's global budget is used up or this worker's timeout passes.
 
-    Each trial records the worker that ran it (``worker``: host, pid, id, started_at) and its
-    wall time. A failing trial is recorded as failed with its reason and the loop goes on.
-    SIGTERM/SIGINT hand the running trial back to the study (failed, and enqueued again with the
-    same params) and return with ``interrupted`` set. While the budget is used up but trials are
-    still running elsewhere, the worker waits, as it may have to take one over (their worker may
-    die); it leaves once none is running or waiting, or at once when the storage has no
-    heartbeats (nothing could be taken over then).
+    Each trial records the worker that ran it (``worker``: host, pid, id, device, started_at)
+    and its wall time. A failing trial is recorded as failed with the first line of its error
+    (its traceback goes to ``failure_log``) and the loop goes on; one that ran out of memory is
+    also marked infeasible, so that the sampler avoids its region. After each trial what it held
+    is released. SIGTERM/SIGINT hand the running trial back to the study (failed, and enqueued
+    again with the same params) and return with ``interrupted`` set. While the budget is used up
+    but trials are still running elsewhere, the worker waits, as it may have to take one over
+    (their worker may die); it leaves once none is running or waiting, or at once when the
+    storage has no heartbeats (nothing could be taken over then).
 
     Args:
         study: the study, opened with heartbeats where the storage supports them.
@@ -307,6 +314,10 @@ def run_worker(
         poll_interval: seconds between checks while waiting for other workers' trials
             (None: the heartbeat interval, at most 2 s).
         worker_id: this worker's name in trial attrs (None: host-pid-random).
+        device: train on this device instead of the config's (``--device``, or the GPU a
+            launcher pinned this worker to).
+        failure_log: file for the tracebacks of failed trials (None: the log at debug level).
+        ranks: under torchrun, sends each trial's params to the other ranks (rank 0 only).
         on_trial: called with each finished trial and its wall seconds (progress output).
         on_start: called once with the budget state before the first trial.
     """
@@ -316,10 +327,15 @@ def run_worker(
 
     _quiet_optuna()
     spec = resolve_objective(cfg.objective)
+    if device is not None:
+        cfg = cfg.with_device(device)
     study.sampler = build_sampler(cfg.sampler, cfg.seed if seed is None else seed, space)
     study.pruner = build_pruner(cfg.pruner)
     host, pid = socket.gethostname(), os.getpid()
-    worker = {"host": host, "pid": pid, "id": worker_id or f"{host}-{pid}-{uuid.uuid4().hex[:6]}"}
+    worker: dict[str, Any] = {"host": host, "pid": pid,
+                              "id": worker_id or f"{host}-{pid}-{uuid.uuid4().hex[:6]}"}
+    if cfg.device is not None:
+        worker["device"] = cfg.device
     summary = RunSummary(study=study.study_name, worker=worker)
     takes_over = _heartbeats_on(study)
     if poll_interval is None:
@@ -329,6 +345,7 @@ def run_worker(
     local = _LocalWorkers()
     sharing = _SQLiteSharing(cfg.storage)
     signals = _Signals()
+    failures = _FailureLog(failure_log)
     signals.install()
     first = True
     try:
@@ -349,7 +366,7 @@ def run_worker(
                 continue
             sharing.check(study, trial.number, state)
             _set_threads(threads, local)
-            result = _run_one(study, trial, spec, cfg, space, worker, signals)
+            result = _run_one(study, trial, spec, cfg, space, worker, signals, failures, ranks)
             if result is not None:
                 summary.ran += 1
                 if on_trial is not None:
@@ -378,7 +395,8 @@ def _take_trial(
     import optuna
 
     fail_stale(study)
-    backend = rdb_backend(study._storage)
+    storage = _optuna.storage_of(study)
+    backend = rdb_backend(storage)
     beats = backend is not None and backend.get_heartbeat_interval() is not None
     take = getattr(backend, "create_trial_if", None)
     if take is not None:
@@ -387,13 +405,13 @@ def _take_trial(
             state = _state(by_state, n_retries)
             return state["waiting"] == 0 and (cfg.n_trials is None or state["counted"] < cfg.n_trials)
 
-        taken = take(study._study_id, allow, beats)
+        taken = take(_optuna.study_id(study), allow, beats)
         if taken is not None:
             frozen, by_state, n_retries = taken
             state = _state(by_state, n_retries)
             if frozen is not None:
-                adopt_trial(study._storage, study._study_id, frozen)
-                study._thread_local.cached_all_trials = None  # see below
+                _optuna.add_to_storage_cache(storage, _optuna.study_id(study), frozen)
+                _optuna.forget_cached_trials(study)  # see below
                 return optuna.Trial(study, frozen._trial_id), state
             if state["waiting"] == 0:
                 return None, state
@@ -407,17 +425,36 @@ def _take_trial(
             with quiet_optuna_warnings():
                 trial = study.ask()  # pops a waiting trial first: a retry keeps its params
         else:
-            trial_id = study._storage.create_new_trial(study._study_id)
+            trial_id = storage.create_new_trial(_optuna.study_id(study))
     if trial is None:
         # What study.ask() does besides creating the trial, outside the lock: samplers then
         # see the trials as of now, not a list cached for the previous trial.
-        study._thread_local.cached_all_trials = None
+        _optuna.forget_cached_trials(study)
         trial = optuna.Trial(study, trial_id)
     if beats:
         # A worker killed before this line leaves a trial without heartbeat: the storage fails
         # those too, once seen so for a grace period.
-        backend.record_heartbeat(trial._trial_id)
+        backend.record_heartbeat(_optuna.trial_id(trial))
     return trial, state
+
+
+class _FailureLog:
+    """The full tracebacks of a worker's failed trials, in one file (made at the first one)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def write(self, number: int, worker: str, text: str) -> Path | None:
+        if self.path is None:
+            return None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(f"--- {_now()} trial {number} (worker {worker}) failed:\n{text}\n")
+        except OSError as exc:
+            _LOG.warning("cannot write the failure log %s (%s)", self.path, exc.strerror)
+            self.path = None
+        return self.path
 
 
 def _run_one(
@@ -428,23 +465,37 @@ def _run_one(
     space: SearchSpace,
     worker: dict[str, Any],
     signals: _Signals,
+    failures: _FailureLog | None = None,
+    ranks: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[optuna.trial.FrozenTrial, float] | None:
-    """Run one trial and tell its result; None when it was taken from this worker."""
+    """Run one trial and tell its result; None when it was taken from this worker.
+
+    ``ranks``: under torchrun, called with the trial's params before training, to send them to
+    the other ranks (see :mod:`hpo.ranks`).
+    """
     import optuna
     from optuna.trial import TrialState
+
+    from objectives.devices import is_out_of_memory
+    from objectives.devices import release_memory
 
     t0 = time.perf_counter()
     value: float | None = None
     state = TrialState.COMPLETE
     try:
-        with _Heartbeat(study, trial._trial_id):
+        with _Heartbeat(study, _optuna.trial_id(trial)):
             try:
-                trial.set_user_attr("worker", {**worker, "started_at": _now()})
+                trial.set_user_attr(record.WORKER, {**worker, "started_at": _now()})
                 params = space.sample(trial)
+                kwargs: dict[str, Any] = {}
+                if spec.resumes:
+                    kwargs["resume"] = _optuna.retry_history(trial)
+                if ranks is not None:
+                    ranks({"number": trial.number, "params": params, **kwargs})
                 with signals.interruptible():
-                    value = float(spec.fn(trial, params, cfg.objective_config))
+                    value = float(spec.fn(trial, params, cfg.objective_config, **kwargs))
                 if not math.isfinite(value):
-                    trial.set_user_attr("fail_reason", f"the objective returned {value}")
+                    trial.set_user_attr(record.FAIL_REASON, f"the objective returned {value}")
                     state = TrialState.FAIL
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
@@ -456,21 +507,36 @@ def _run_one(
             except Exception as exc:  # one bad config must not end the study
                 if _taken_from_us(study, trial):
                     return _taken_over(trial)
-                message = str(exc).splitlines()[0] if str(exc) else ""
-                reason = f"{type(exc).__name__}: {message}"[:500]
-                trial.set_user_attr("fail_reason", reason)
-                _LOG.warning("trial %d failed: %s", trial.number, reason)
+                reason = _reason(exc)
+                trial.set_user_attr(record.FAIL_REASON, reason)
+                if is_out_of_memory(exc) or type(exc).__name__ == "OutOfMemory":
+                    # Infeasible: the sampler learns not to propose this region again.
+                    trial.set_user_attr(record.INFEASIBLE, "out of memory")
+                    trial.set_constraint("out_of_memory", 1.0)
+                log = (failures or _FailureLog(None)).write(trial.number, worker["id"],
+                                                             traceback.format_exc())
+                _LOG.warning("trial %d failed: %s%s", trial.number, reason,
+                             f" (traceback in {log})" if log else "")
+                _LOG.debug("trial %d traceback:\n%s", trial.number, traceback.format_exc())
                 state = TrialState.FAIL
         seconds = time.perf_counter() - t0
-        trial.set_user_attr("wall_seconds", round(seconds, 3))
+        trial.set_user_attr(record.WALL_SECONDS, round(seconds, 3))
         frozen = _tell(study, trial, value if state == TrialState.COMPLETE else None, state)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Either another worker failed it as stale (we lost the database for longer than the
         # grace period), or a retried tell had in fact been stored: the stored state decides.
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = _optuna.storage_of(study).get_trial(_optuna.trial_id(trial))
         if frozen.state == TrialState.FAIL:
             return _taken_over(trial)
+    finally:
+        release_memory(worker.get("device"))  # nothing of a finished trial stays on the device
     return frozen, time.perf_counter() - t0
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error, as a trial's ``fail_reason``."""
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {message}"[:500]
 
 
 def _tell(
@@ -480,15 +546,12 @@ def _tell(
     from the storage before and after (six queries each): the trial object holds what this
     worker wrote to it. Finishing it still checks its stored state (UpdateFinishedTrialError
     when another worker failed it as stale)."""
-    from optuna.study._tell import _tell_with_warning
-
-    backend = rdb_backend(study._storage)
+    backend = rdb_backend(_optuna.storage_of(study))
+    frozen = _optuna.frozen_of(trial)
     if backend is not None and hasattr(backend, "remember_trial"):
-        backend.remember_trial(trial._cached_frozen_trial)  # tell reads it back otherwise
-    state, values, _ = _tell_with_warning(
-        study, trial, [value] if value is not None else None, state=state, suppress_warning=True
-    )
-    frozen = copy.deepcopy(trial._cached_frozen_trial)
+        backend.remember_trial(frozen)  # tell reads it back otherwise
+    state, values = _optuna.tell(study, trial, [value] if value is not None else None, state)
+    frozen = copy.deepcopy(frozen)
     frozen.state = state
     frozen.values = values
     frozen.datetime_complete = datetime.datetime.now()
@@ -498,7 +561,8 @@ def _tell(
 def _taken_from_us(study: optuna.Study, trial: optuna.Trial) -> bool:
     from optuna.trial import TrialState
 
-    return study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING
+    state = _optuna.storage_of(study).get_trial(_optuna.trial_id(trial)).state
+    return state != TrialState.RUNNING
 
 
 def _taken_over(trial: optuna.Trial) -> None:

@@ -40,29 +40,24 @@ def write_csv(path: Path, rows: list[dict[str, str]], columns: tuple[str, str] =
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer BERT (hidden 32) with a WordPiece tokenizer, saved like a hub model."""
-    import torch
-    from transformers import BertConfig
-    from transformers import BertForSequenceClassification
-    from transformers import BertTokenizerFast
+    from tiny_models import save_tiny
 
-    root = tmp_path_factory.mktemp("tiny-bert")
-    words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["review"]))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *[str(i) for i in range(10)]]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    BertForSequenceClassification(config).save_pretrained(root)
-    tokenizer.save_pretrained(root)
-    return str(root)
+    return save_tiny(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """``tiny_family(name)``: the tiny model of an architecture family (built once a session)."""
+    from tiny_models import save_tiny
+
+    built: dict[str, str] = {}
+
+    def get(family: str) -> str:
+        if family not in built:
+            built[family] = save_tiny(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+        return built[family]
+
+    return get
 
 
 @pytest.fixture

@@ -236,7 +236,7 @@ BAD_CASES = {
     "missing column": ("dataset: {path: DATA, text_column: review}\n", "review"),
     "one label": ("dataset: {path: ONE_LABEL}\n", "2"),
     "freeze beyond depth": ("space:freeze_layers: {type: int, low: 0, high: 3}\n",
-                            "freeze_layers: 3 is beyond the model's 2 encoder layers"),
+                            "freeze_layers: 3 is beyond the 2 layers of model"),
 }
 
 

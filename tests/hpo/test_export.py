@@ -19,7 +19,7 @@ from conftest import write_csv
 from hpo.cli import cli
 from objectives.data import DatasetConfig
 from objectives.data import load_splits
-from objectives.training import resolve_precision
+from objectives.devices import resolve_precision
 
 FULL_SPACE = (
     "learning_rate: {type: float, low: 3e-3, high: 3e-2, log: true}\n"
@@ -68,25 +68,33 @@ def lora_study(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> tup
 
 
 def score_on_test(model: Any, directory: Path, study: optuna.Study) -> dict[str, Any]:
-    """Evaluate a loaded model on the study's test split, with the loaded tokenizer."""
+    """Evaluate a loaded model on the study's test split, with the loaded tokenizer, in plain
+    torch (one example at a time: no padding, no code of hpo's training side)."""
+    import torch
+    import torch.nn.functional as F
     from transformers import AutoTokenizer
 
-    from objectives.final import classification_metrics
-    from objectives.training import _autocast
-    from objectives.training import evaluate
+    from objectives.devices import Precision
+    from objectives.metrics import classification_metrics
 
     config = study.user_attrs["hpo_config"]
     splits = load_splits(DatasetConfig.from_dict(config["dataset"]), config["seed"])
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    ids = [np.asarray(x, dtype=np.int64) for x in tokenizer(
-        list(splits.test["text"]), truncation=True, max_length=config["max_length"])["input_ids"]]
     labels = np.asarray(splits.test["label"], dtype=np.int64)
     # The precision the export evaluated with (the study's, `auto` resolved on this machine).
-    autocast = _autocast(config["precision"])
-    result = evaluate(model, ids, labels, len(splits.label_names), 128, tokenizer.pad_token_id,
-                      autocast, cached=False)
-    return {"loss": result.loss,
-            **classification_metrics(labels, result.predictions, splits.label_names)}
+    autocast = Precision(resolve_precision(config["precision"], "cpu"), "cpu").autocast
+    model.eval()
+    losses, preds = [], []
+    with torch.inference_mode():
+        for text, label in zip(splits.test["text"], labels, strict=True):
+            ids = tokenizer(text, truncation=True, max_length=config["max_length"],
+                            return_tensors="pt")["input_ids"]
+            with autocast():
+                logits = model(input_ids=ids).logits.float()
+            losses.append(float(F.cross_entropy(logits, torch.tensor([int(label)]))))
+            preds.append(int(logits.argmax(-1)))
+    return {"loss": float(np.mean(losses)),
+            **classification_metrics(labels, np.asarray(preds), splits.label_names)}
 
 
 def assert_same_metrics(got: dict[str, Any], recorded: dict[str, Any], loss_tol: float = 1e-5) -> None:
@@ -131,6 +139,7 @@ def test_full_fine_tune_round_trips_through_from_pretrained(
     assert set(metrics["test"]["per_class"]) == {"neg", "pos"}
     assert sum(map(sum, metrics["test"]["confusion_matrix"])) == metrics["n_test_examples"] == 12
     assert metrics["precision"] == resolve_precision(study.user_attrs["hpo_config"]["precision"])
+    assert metrics["device"] == "cpu"
 
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.id2label == {0: "neg", 1: "pos"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from pathlib import Path
@@ -13,21 +12,19 @@ import optuna
 import pytest
 import torch
 
+from objectives.core import _fresh_model
+from objectives.core import plan_segments
+from objectives.core import train
 from objectives.data import DatasetConfig
 from objectives.data import load_splits
+from objectives.metrics import macro_f1
 from objectives.models import PrefixCache
 from objectives.models import clear_resources
-from objectives.models import get_resources
+from objectives.params import TrainParams
 from objectives.text_classification import TextClassificationConfig
 from objectives.text_classification import objective
-from objectives.text_classification import resolve_params
+from objectives.text_classification import task_for
 from objectives.text_classification import validate_space
-from objectives.training import _fresh_model
-from objectives.training import _suffix_only
-from objectives.training import compute_prefix
-from objectives.training import evaluate
-from objectives.training import macro_f1
-from objectives.training import plan_segments
 
 
 @pytest.fixture
@@ -40,6 +37,7 @@ def cfg(tiny_model: str, data_csv: Path) -> TextClassificationConfig:
             "epochs": 2,
             "evals_per_epoch": 2,
             "cache_dir": None,
+            "precision": "fp32",
         }
     )
 
@@ -83,8 +81,7 @@ def test_frozen_layers_get_no_gradient_and_no_optimizer_state(cfg: TextClassific
     full = run_trial(cfg, {"freeze_layers": 0, "batch_size": 8})
     one = run_trial(cfg, {"freeze_layers": 1, "batch_size": 8})
     head = run_trial(cfg, {"freeze_layers": 2, "batch_size": 8})
-    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
-    base = res.base_model.base_model
+    base = task_for(cfg).base_model.base_model
     n_emb = sum(p.numel() for p in base.embeddings.parameters())
     n_layer = sum(p.numel() for p in base.encoder.layer[0].parameters())
     assert full.user_attrs["trainable_params"] == full.user_attrs["total_params"]
@@ -94,7 +91,7 @@ def test_frozen_layers_get_no_gradient_and_no_optimizer_state(cfg: TextClassific
 
 
 def test_base_model_is_never_trained(cfg: TextClassificationConfig) -> None:
-    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
+    res = task_for(cfg).res
     before = {k: v.clone() for k, v in res.base_model.state_dict().items()}
     for params in ({"freeze_layers": 1}, {}, {"freeze_layers": 2}, {"r": 4}):
         run_trial(cfg, {"batch_size": 8, "learning_rate": 1e-2, **params})
@@ -106,9 +103,9 @@ def test_base_model_is_never_trained(cfg: TextClassificationConfig) -> None:
 def test_frozen_weights_are_shared_with_the_base_model_not_copied(
     cfg: TextClassificationConfig,
 ) -> None:
-    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
-    base = res.base_model
-    model, shared = _fresh_model(base, 1, lora=False)
+    task = task_for(cfg)
+    base = task.base_model
+    model, shared = _fresh_model(task, 1, lora=False)
     frozen = [base.base_model.embeddings, base.base_model.encoder.layer[0]]
     assert shared == {id(p) for m in frozen for p in m.parameters()}
     mine = model.base_model
@@ -117,51 +114,32 @@ def test_frozen_weights_are_shared_with_the_base_model_not_copied(
     assert mine.encoder.layer[0] is not frozen[1]  # modules are the trial's own (dropout, mode)
     # Full fine-tuning and LoRA (whose adapters may be merged into the weights) copy everything.
     for k, lora in ((0, False), (1, True)):
-        model, shared = _fresh_model(base, k, lora=lora)
+        model, shared = _fresh_model(task, k, lora=lora)
         assert not shared
         assert not {id(p) for p in model.parameters()} & {id(p) for p in base.parameters()}
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_prefix_cache_matches_uncached_logits_and_loss(cfg: TextClassificationConfig, k: int) -> None:
-    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
-    model = copy.deepcopy(res.base_model)
-    model.eval()
-    enc = res.encoded["validation"]
-    n = len(res.splits.label_names)
-    plain = evaluate(model, enc.ids, enc.labels, n, 16, res.pad_id, _null, cached=False)
-    prefix = compute_prefix(model, enc, k, res.pad_id, 7, _null)
-    with _suffix_only(model, k):
-        cached = evaluate(model, prefix, enc.labels, n, 16, res.pad_id, _null, cached=True)
-    assert cached.loss == pytest.approx(plain.loss, abs=1e-5)
-    np.testing.assert_array_equal(cached.predictions, plain.predictions)
+def test_fast_paths_and_plain_path_train_the_same(cfg: TextClassificationConfig, k: int) -> None:
+    """Same frozen depth with the fast paths (prefix cache, top layer for [CLS]) on and off:
+    the same validation losses at every step, also with dropout."""
+    task = task_for(cfg)
+    params = TrainParams.from_params({"freeze_layers": k, "batch_size": 8, "learning_rate": 1e-3})
+    fast = train(params, task)
+    plain = train(params, task, fast_paths=False)
+    assert fast.record.prefix_cached and not plain.record.prefix_cached
+    assert [p.step for p in fast.record.history] == [p.step for p in plain.record.history]
+    for a, b in zip(fast.record.history, plain.record.history, strict=True):
+        assert a.metrics["val_loss"] == pytest.approx(b.metrics["val_loss"], abs=1e-5)
+        assert a.metrics["val_accuracy"] == b.metrics["val_accuracy"]
     # The model is whole again afterwards.
-    assert len(model.base_model.encoder.layer) == 2
-
-
-def test_cached_and_uncached_training_agree(cfg: TextClassificationConfig) -> None:
-    """Same frozen depth with the prefix cache on and off: the same validation losses."""
-    from objectives import training
-
-    params = resolve_params({"freeze_layers": 1, "batch_size": 8, "learning_rate": 1e-3})
-    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
-    curves = []
-    for use_cache in (True, False):
-        study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
-        trial = study.ask()
-        training.fine_tune(trial, params, cfg, res, use_prefix_cache=use_cache)
-        frozen = study._storage.get_trial(trial._trial_id)
-        assert frozen.user_attrs["prefix_cached"] is use_cache
-        curves.append(frozen.intermediate_values)
-    assert curves[0].keys() == curves[1].keys()
-    for step in curves[0]:
-        assert curves[0][step] == pytest.approx(curves[1][step], abs=1e-4)
+    assert len(task.base_model.base_model.encoder.layer) == 2
 
 
 def test_prefix_cache_is_reused_and_bounded(cfg: TextClassificationConfig) -> None:
     clear_resources()
     run_trial(cfg, {"freeze_layers": 1, "batch_size": 8})
-    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
+    res = task_for(cfg).res
     assert len(res.prefix_cache.keys()) == 1
     second = run_trial(cfg, {"freeze_layers": 1, "batch_size": 8})
     assert second.user_attrs["prefix_seconds"] < 0.05  # a dictionary lookup, not a forward pass
@@ -182,23 +160,21 @@ def test_caches_are_not_shared_across_models_lengths_or_data(
     from conftest import make_rows
     from conftest import write_csv
 
-    splits = load_splits(cfg.dataset, cfg.seed)
-    a = get_resources(cfg.model, splits, 32, None, 1024)
-    b = get_resources(cfg.model, splits, 16, None, 1024)
-    other = load_splits(DatasetConfig(path=str(write_csv(tmp_path / "o.csv", make_rows(60, 1)))), 0)
-    c = get_resources(cfg.model, other, 32, None, 1024)
+    a = task_for(cfg).res
+    b = task_for(dataclasses.replace(cfg, max_length=16)).res
+    other = DatasetConfig(path=str(write_csv(tmp_path / "o.csv", make_rows(60, 1))))
+    c = task_for(dataclasses.replace(cfg, dataset=other)).res
     assert len({a.key, b.key, c.key}) == 3
     assert a.prefix_cache is not b.prefix_cache is not c.prefix_cache
     assert max(b.encoded["train"].lengths) <= 16
 
 
 def test_token_cache_on_disk_round_trips(cfg: TextClassificationConfig, tmp_path: Path) -> None:
-    splits = load_splits(cfg.dataset, cfg.seed)
     clear_resources()
-    first = get_resources(cfg.model, splits, 32, str(tmp_path), 1024)
+    first = task_for(dataclasses.replace(cfg, cache_dir=str(tmp_path))).res
     assert list((tmp_path / "tokens").glob("*.npz"))
     clear_resources()
-    second = get_resources(cfg.model, splits, 32, str(tmp_path), 1024)
+    second = task_for(dataclasses.replace(cfg, cache_dir=str(tmp_path))).res
     for name in ("train", "validation", "test"):
         assert all(
             np.array_equal(x, y)
@@ -231,7 +207,9 @@ def test_pruned_trial_records_what_it_trained(cfg: TextClassificationConfig) -> 
 
 
 def test_nan_loss_fails_the_trial_with_a_reason(cfg: TextClassificationConfig) -> None:
-    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
+    from objectives.core import NonFiniteLoss
+
+    res = task_for(cfg).res
     weight = res.base_model.classifier.weight
     saved = weight.detach().clone()
     with torch.no_grad():
@@ -239,7 +217,7 @@ def test_nan_loss_fails_the_trial_with_a_reason(cfg: TextClassificationConfig) -
     try:
         study = optuna.create_study()
         trial = study.ask()
-        with pytest.raises(FloatingPointError, match=r"^training loss is nan after 0 examples"):
+        with pytest.raises(NonFiniteLoss, match=r"^training loss is nan after 0 examples"):
             objective(trial, {"batch_size": 8}, cfg)
     finally:
         with torch.no_grad():
@@ -247,7 +225,8 @@ def test_nan_loss_fails_the_trial_with_a_reason(cfg: TextClassificationConfig) -
 
 
 def test_test_split_is_never_touched(cfg: TextClassificationConfig) -> None:
-    res = get_resources(cfg.model, load_splits(cfg.dataset, cfg.seed), 32, None, 1024)
+    clear_resources()
+    res = task_for(cfg).res
 
     class Untouchable:
         def __getattr__(self, name: str) -> Any:
@@ -259,9 +238,12 @@ def test_test_split_is_never_touched(cfg: TextClassificationConfig) -> None:
     saved = res.encoded["test"]
     res.encoded["test"] = Untouchable()  # type: ignore[assignment]
     try:
+        with pytest.raises(AssertionError, match="touched the test split"):
+            task_for(cfg).examples("test")  # the guard works
         run_trial(cfg, {"batch_size": 8, "freeze_layers": 1})
     finally:
         res.encoded["test"] = saved
+        clear_resources()
 
 
 def test_validate_space_checks_the_model_depth(cfg: TextClassificationConfig) -> None:
@@ -269,11 +251,12 @@ def test_validate_space_checks_the_model_depth(cfg: TextClassificationConfig) ->
     from optuna.distributions import IntDistribution
 
     validate_space(cfg, {"freeze_layers": IntDistribution(0, 2)})
-    with pytest.raises(ValueError, match=r"^freeze_layers: 3 is beyond the model's 2 encoder layers"):
+    with pytest.raises(ValueError, match=r"^freeze_layers: 3 is beyond the 2 layers of model"):
         validate_space(cfg, {"freeze_layers": IntDistribution(0, 3)})
     with pytest.raises(ValueError, match="^momentum: not a hyperparameter"):
         validate_space(cfg, {"momentum": IntDistribution(0, 3)})
-    with pytest.raises(ValueError, match="^target_modules: 'mlp' is not a module"):
+    with pytest.raises(ValueError, match="^target_modules: 'mlp' is not a linear module of the "
+                       "model's layers \\(valid: dense, key, query, value, or all-linear\\)"):
         validate_space(cfg, {"target_modules": CategoricalDistribution(["query,mlp"])})
 
 
@@ -291,12 +274,6 @@ def test_macro_f1() -> None:
     assert math.isclose(macro_f1(y, 1 - y, 2), 0.0)
 
 
-def _null() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
 @pytest.mark.slow
 def test_packaged_minilm_on_rotten_tomatoes_learns() -> None:
     """The real model on real data, a few steps: validation loss goes down."""
@@ -310,25 +287,19 @@ def test_packaged_minilm_on_rotten_tomatoes_learns() -> None:
     assert trial.user_attrs["total_params"] > 22_000_000
 
 
-def test_precision_auto_is_bf16_only_where_the_cpu_runs_it_natively(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cfg: TextClassificationConfig
+def test_each_trial_records_its_device_and_precision(
+    monkeypatch: pytest.MonkeyPatch, cfg: TextClassificationConfig
 ) -> None:
-    from objectives import training
+    from objectives import devices
 
-    native = tmp_path / "native"
-    native.write_text("processor : 0\nflags : fpu sse avx512f avx512_bf16 avx512_vnni\n")
-    emulated = tmp_path / "emulated"
-    emulated.write_text("processor : 0\nflags : fpu sse avx2 avx512f\n")
-    assert training.native_bf16(str(native)) and training.native_bf16(str(tmp_path / "amx")) is False
-    assert not training.native_bf16(str(emulated))
     for here, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(training, "_native_bf16_here", lambda here=here: here)
-        assert training.resolve_precision("auto") == expected
-        assert training.resolve_precision("fp32") == "fp32"
-        assert training.resolve_precision("bf16") == "bf16"
+        monkeypatch.setattr(devices, "_native_bf16_here", lambda here=here: here)
         # The default is auto; each trial records what it ran with.
         assert TextClassificationConfig.from_dict({}).precision == "auto"
         trial = run_trial(dataclasses.replace(cfg, precision="auto"), {"batch_size": 16, "freeze_layers": 1})
         assert trial.user_attrs["precision"] == expected
-    with pytest.raises(ValueError, match="precision must be auto, fp32 or bf16"):
-        TextClassificationConfig.from_dict({"precision": "fp16"})
+        assert trial.user_attrs["device"] == "cpu"
+        assert trial.user_attrs["device_name"]
+        assert trial.user_attrs["peak_memory_mb"] > 0
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, fp16"):
+        TextClassificationConfig.from_dict({"precision": "fp8"})
