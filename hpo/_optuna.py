@@ -44,7 +44,7 @@ def study_id(study: optuna.Study) -> int:
     return int(study._study_id)
 
 
-def trial_id(trial: optuna.Trial) -> int:
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     return int(trial._trial_id)
 
 

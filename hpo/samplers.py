@@ -55,7 +55,44 @@ def build_sampler(cfg: SamplerConfig, seed: int | None, space: SearchSpace) -> o
     if cfg.name == "grid":
         options["search_space"] = space.grid(options.get("search_space"))
         classes["grid"] = _budgeted_grid_sampler()
-    return _construct("sampler", cfg.name, classes[cfg.name], options)
+    return _feasibility_aware()(_construct("sampler", cfg.name, classes[cfg.name], options))
+
+
+def _feasibility_aware() -> type:
+    import optuna
+
+    from hpo._optuna import FeasibilityView
+
+    class FeasibilityAware(optuna.samplers.BaseSampler):
+        """The sampler, shown failed trials that carry a constraint violation (a configuration
+        that ran out of memory) as infeasible: it learns to avoid their region (see
+        :class:`hpo._optuna.FeasibilityView`). Everything else is the sampler's own."""
+
+        def __init__(self, inner: optuna.samplers.BaseSampler) -> None:
+            self.inner = inner
+
+        def __repr__(self) -> str:
+            return repr(self.inner)
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+            return self.inner.infer_relative_search_space(FeasibilityView(study), trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+            return self.inner.sample_relative(FeasibilityView(study), trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+            return self.inner.sample_independent(FeasibilityView(study), trial, name, dist)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            self.inner.before_trial(study, trial)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self.inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self.inner.reseed_rng()
+
+    return FeasibilityAware
 
 
 def _budgeted_grid_sampler() -> type:
@@ -103,6 +140,7 @@ def build_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
         "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
         "hyperband": optuna.pruners.HyperbandPruner,
         "patient": optuna.pruners.PatientPruner,
+        "threshold": optuna.pruners.ThresholdPruner,
         "none": optuna.pruners.NopPruner,
     }
     if cfg.name == "patient":
@@ -129,6 +167,8 @@ def build_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
 def _warmup_pruner() -> type:
     import optuna
 
+    from objectives.record import TrialRecord
+
     class WarmupPruner(optuna.pruners.BasePruner):
         """Never prunes a trial before ``warmup`` of its planned examples (the objective's
         ``planned_examples`` attr); from there on, ``inner`` decides."""
@@ -138,11 +178,11 @@ def _warmup_pruner() -> type:
             self.warmup = warmup
 
         def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-            planned = trial.user_attrs.get("planned_examples")
+            planned = TrialRecord.from_attrs(trial.user_attrs).planned_examples
             step = trial.last_step
             if step is None:
                 return False
-            if isinstance(planned, int | float) and step < self.warmup * planned:
+            if planned is not None and step < self.warmup * planned:
                 return False
             return bool(self.inner.prune(study, trial))
 
