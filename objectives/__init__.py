@@ -13,6 +13,7 @@ This package never imports ``hpo``, click, sqlalchemy or plotly.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from objectives import text_classification
 from objectives import toy
 
-__all__ = ["OBJECTIVES", "ObjectiveSpec", "resolve_objective"]
+__all__ = ["OBJECTIVES", "ObjectiveSpec", "check_allowed", "resolve_objective"]
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,13 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
 def resolve_objective(name: str) -> ObjectiveSpec:
     """Return the registered objective ``name``, or import ``"package.module:function"``.
 
+    A ``module:function`` must be callable as ``function(trial, params, cfg)``; it gets its
+    config section as a plain dict.
+
     Raises:
         KeyError: unknown name (the message lists the registered ones).
-        ImportError: a ``module:function`` path that cannot be imported.
+        ImportError: a ``module:function`` path that cannot be imported (the cause's first line).
+        TypeError: a ``module:function`` that is not an objective.
     """
     if name in OBJECTIVES:
         return OBJECTIVES[name]
@@ -76,13 +81,50 @@ def resolve_objective(name: str) -> ObjectiveSpec:
             "or 'package.module:function')"
         )
     module_name, _, attr = name.partition(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # a user's module: any error while importing it is theirs
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ImportError(f"cannot import {module_name!r} ({type(exc).__name__}: {first})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ImportError(f"{module_name!r} has no function {attr!r}")
+    try:
+        inspect.signature(fn).bind(None, {}, {})
+    except TypeError:
+        raise TypeError(
+            f"{name} is not an objective: it must take (trial, params, cfg), got "
+            f"{attr}{_signature(fn)}"
+        ) from None
+    except ValueError:  # no signature to inspect (a builtin): let the first trial tell
+        pass
     return ObjectiveSpec(
         fn=fn,
         config_from_dict=dict,
         config_to_dict=dict,
         metrics={},  # any metric name; the config gives the direction (default minimize)
+    )
+
+
+def _signature(fn: Callable[..., Any]) -> str:
+    try:
+        return str(inspect.signature(fn))
+    except (TypeError, ValueError):
+        return "(?)"
+
+
+def check_allowed(name: str, allowed: tuple[str, ...]) -> None:
+    """Refuse a ``module:function`` objective that a worker was not told to allow.
+
+    A worker reads the objective's name from the database: without this, anyone who can write
+    to the database could make every worker import (and so run) any module.
+
+    Raises:
+        PermissionError: ``name`` is a ``module:function`` not in ``allowed``.
+    """
+    if name in OBJECTIVES or name in allowed:
+        return
+    raise PermissionError(
+        f"the study's objective {name!r} is not allowed on this worker; pass "
+        f"--allow-objective {name} (or HPO_ALLOW_OBJECTIVES) if you trust it"
     )

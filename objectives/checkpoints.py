@@ -42,12 +42,14 @@ def find_checkpoint(directory: str | Path, study: str, numbers: list[int]) -> tu
 
 
 def save_checkpoint(path: Path, tensors: dict[str, Any], optimizer: dict[str, Any],
-                    state: dict[str, Any]) -> None:
-    """Write ``tensors`` (name -> tensor), an optimizer ``state_dict`` and JSON-able ``state``
-    atomically (a concurrent reader never sees half a file)."""
+                    state: dict[str, Any], rng: dict[str, Any] | None = None) -> None:
+    """Write ``tensors`` (name -> tensor), an optimizer ``state_dict``, JSON-able ``state`` and
+    random-generator states ``rng`` (name -> byte tensor) atomically (a concurrent reader never
+    sees half a file)."""
     from safetensors.torch import save_file
 
     flat = {f"model.{name}": t.detach().contiguous() for name, t in tensors.items()}
+    flat.update({f"rng.{name}": t.contiguous() for name, t in (rng or {}).items()})
     optim_state: dict[str, dict[str, Any]] = {}
     for index, values in optimizer["state"].items():
         plain = {}
@@ -65,9 +67,9 @@ def save_checkpoint(path: Path, tensors: dict[str, Any], optimizer: dict[str, An
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path, device: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
-    """``(tensors, optimizer state_dict, state)`` from ``path``, or None if it is not a valid
-    checkpoint (logged)."""
+def load_checkpoint(path: Path, device: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+    """``(tensors, optimizer state_dict, state, rng states)`` from ``path``, or None if it is not
+    a valid checkpoint (logged)."""
     from safetensors import safe_open
 
     try:
@@ -83,6 +85,7 @@ def load_checkpoint(path: Path, device: str) -> tuple[dict[str, Any], dict[str, 
                      type(exc).__name__)
         return None
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    rng = {k[len("rng."):]: v.cpu() for k, v in tensors.items() if k.startswith("rng.")}
     optim_state: dict[int, dict[str, Any]] = {}
     for index, plain in optim["state"].items():
         optim_state[int(index)] = dict(plain)
@@ -90,4 +93,4 @@ def load_checkpoint(path: Path, device: str) -> tuple[dict[str, Any], dict[str, 
         if key.startswith("optim."):
             _, index, name = key.split(".", 2)
             optim_state.setdefault(int(index), {})[name] = value
-    return model, {"state": optim_state, "param_groups": optim["param_groups"]}, state
+    return model, {"state": optim_state, "param_groups": optim["param_groups"]}, state, rng

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import math
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -101,11 +102,13 @@ class TrainResult:
 
 
 class TrainError(Exception):
-    """A training run that cannot go on; ``record`` holds what it measured until then."""
+    """A training run that cannot go on; ``record`` holds what it measured until then, and
+    ``detail`` the original error's traceback as text, where one was replaced."""
 
-    def __init__(self, message: str, record: TrialRecord) -> None:
+    def __init__(self, message: str, record: TrialRecord, detail: str = "") -> None:
         super().__init__(message)
         self.record = record
+        self.detail = detail
 
 
 class NonFiniteLoss(TrainError):
@@ -182,7 +185,8 @@ def train(
     meter = MemoryMeter(device)
     meter.start()
     record = TrialRecord(device=device, device_name=device_name(device), precision=precision.name,
-                         world_size=ctx.world_size if ctx.active else None)
+                         world_size=ctx.world_size if ctx.active else None, examples_seen=0,
+                         train_seconds=0.0, prefix_seconds=0.0)
     try:
         return _train(params, task, device, precision, ctx, record, meter, on_eval=on_eval,
                       on_start=on_start, resume=resume, checkpoint=checkpoint, stop_at=stop_at, train_on=train_on,
@@ -190,12 +194,14 @@ def train(
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
+        detail = "".join(traceback.format_exception(exc))  # text: it holds no frame
     # Out of the except block, the traceback (and every tensor its frames held) is gone.
     release_memory(device)
     peak = meter.peak_bytes()
     record.peak_memory_mb = None if peak is None else round(peak / 2**20, 1)
     raise OutOfMemory(
-        f"out of memory at batch_size={params.batch_size} on {device}, peak {gib(peak)}", record
+        f"out of memory at batch_size={params.batch_size} on {device}, peak {gib(peak)}", record,
+        detail,
     )
 
 
@@ -292,7 +298,7 @@ def _train(
     if resume is not None:
         loaded = load_checkpoint(resume, device)
         if loaded is not None:
-            weights, optim_state, state = loaded
+            weights, optim_state, state, rng_states = loaded
             model.load_state_dict(weights, strict=False)
             optimizer.load_state_dict(optim_state)
             scheduler.load_state_dict(state["scheduler"])
@@ -302,6 +308,7 @@ def _train(
             seen, tokens, start_segment = state["seen"], state["tokens"], state["segment"]
             record.train_seconds = float(state["train_seconds"])
             record.resumed_from = {"trial": trial_number(resume), "step": seen}
+            _set_rng_states(rng_states, device)
             for point in record.history:
                 if on_eval is not None and ctx.is_main:
                     on_eval(point)
@@ -318,6 +325,8 @@ def _train(
         )
     replay = Replay(structure.layers[k - 1], task.fast.tuple_len) if use_cache else None
     rng = np.random.default_rng([cfg.seed, 1])
+    for seg_index in range(start_segment):  # a resumed run draws the batches it would have
+        _batches(segments[seg_index], train_lengths, batch_size, rng)
     stopped = False
     swap = replaying(structure, replay, k) if replay is not None else contextlib.nullcontext()
     top = structure if top_first else None
@@ -391,6 +400,7 @@ def _train(
                      "history": [p.to_dict() for p in record.history], "seen": seen,
                      "tokens": tokens, "segment": seg_index + 1,
                      "train_seconds": record.train_seconds},
+                    _rng_states(device),
                 )
             if stop:
                 stopped = True
@@ -486,6 +496,25 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
             if isinstance(value, list) and len(value) == n:
                 out[key] = [value[i] for i in order]
     return out
+
+
+def _rng_states(device: str) -> dict[str, torch.Tensor]:
+    """torch's random-generator states (dropout), so that a resumed run draws the same."""
+    import torch
+
+    states = {"cpu": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states: dict[str, torch.Tensor], device: str) -> None:
+    import torch
+
+    if "cpu" in states:
+        torch.set_rng_state(states["cpu"])
+    if "cuda" in states and device.startswith("cuda"):
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def _all_sum(values: list[float], device: str) -> list[float]:
@@ -617,6 +646,8 @@ def _apply_lora(model: Any, params: TrainParams, structure: ModelStructure, k: i
         extra = {"layers_to_transform": list(range(k, n)), "layers_pattern": structure.layers_name}
     head = [name for name, child in model.named_children()
             if child is not structure.backbone and any(True for _ in child.parameters())]
+    # GPT-2's linear layers are Conv1D, whose weight is stored transposed.
+    conv1d = any(type(m).__name__ == "Conv1D" for m in structure.layers[0].modules())
     config = LoraConfig(
         task_type=TaskType[task_type],
         r=int(params.r),
@@ -624,6 +655,7 @@ def _apply_lora(model: Any, params: TrainParams, structure: ModelStructure, k: i
         lora_dropout=float(params.lora_dropout),
         target_modules=targets,
         modules_to_save=head or None,
+        fan_in_fan_out=conv1d,
         **extra,
     )
     with warnings.catch_warnings():

@@ -275,7 +275,8 @@ def allocated_bytes(device: str) -> int:
     seen: dict[int, int] = {}
     for obj in gc.get_objects():
         try:
-            if not isinstance(obj, torch.Tensor) or obj.device.type != "cpu" or obj.is_meta:
+            # type(), not isinstance(): the latter asks proxies (deprecated aliases) for __class__
+            if not issubclass(type(obj), torch.Tensor) or obj.device.type != "cpu" or obj.is_meta:
                 continue
             storage = obj.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()

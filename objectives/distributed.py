@@ -117,5 +117,6 @@ def shutdown() -> None:
     if _CONTEXT.active:
         import torch.distributed as dist
 
+        dist.barrier()  # no rank leaves while another still talks to it
         dist.destroy_process_group()
     _CONTEXT = DistContext()

@@ -73,11 +73,11 @@ class TrialRecord:
 
     history: list[EvalPoint] = field(default_factory=list)
     best_step: int | None = None
-    examples_seen: int = 0
+    examples_seen: int | None = None
     tokens_seen: int | None = None
     planned_examples: int | None = None  # training examples of the whole run, were it not stopped
-    train_seconds: float = 0.0  # training and evaluation, without set-up
-    prefix_seconds: float = 0.0  # computing the frozen prefix (0 when cached or unused)
+    train_seconds: float | None = None  # training and evaluation, without set-up
+    prefix_seconds: float | None = None  # computing the frozen prefix (0 when cached or unused)
     trial_seconds: float | None = None  # the whole training call
     tokens_per_second: float | None = None
     trainable_params: int | None = None
@@ -130,8 +130,7 @@ class TrialRecord:
             if f.name in ("history", "best_step") or f.name not in attrs:
                 continue
             value = attrs[f.name]
-            default = f.default
-            if isinstance(default, bool) or f.type in ("bool | None",):
+            if f.type == "bool | None":
                 ok = isinstance(value, bool)
             elif f.type in ("int", "int | None"):
                 ok, value = _int(value) is not None, _int(value)
