@@ -33,6 +33,7 @@ from typing import Any
 from hpo.errors import ConfigError
 from hpo.errors import DataMismatchError
 from hpo.errors import HPOInputError
+from objectives.record import TrialRecord
 
 if TYPE_CHECKING:
     import optuna
@@ -124,8 +125,8 @@ def export_study(
             "(hpo run / hpo worker)"
         )
     best = study.best_trial
-    n_examples = best.user_attrs.get("best_step")
-    if not isinstance(n_examples, int) or n_examples < 1:
+    n_examples = TrialRecord.from_attrs(best.user_attrs).best_step
+    if n_examples is None or n_examples < 1:
         raise ExportError(f"trial {best.number} of study {name!r} has no best_step to retrain to")
     _check_fingerprint(study, cfg)
     out = Path(output)
@@ -187,7 +188,8 @@ def _metrics(study: optuna.Study, best: optuna.trial.FrozenTrial, result: FinalR
     check = None
     if first.validation is not None:
         search = next(
-            (h[metric] for h in best.user_attrs.get("history", []) if h["step"] == result.n_examples),
+            (p.metrics[metric] for p in TrialRecord.from_attrs(best.user_attrs).history
+             if p.step == result.n_examples and metric in p.metrics),
             best.value,
         )
         retrain = first.validation[metric]
@@ -234,6 +236,7 @@ def _run_record(
     from hpo.study import versions
 
     attrs = study.user_attrs
+    record = TrialRecord.from_attrs(best.user_attrs)
     return {
         "study": study.study_name,
         "storage": url,
@@ -241,9 +244,9 @@ def _run_record(
         "search_space": attrs.get("search_space"),
         "trial": {
             "number": best.number, "value": best.value, "params": best.params,
-            "best_step": best.user_attrs.get("best_step"),
-            "val_accuracy": best.user_attrs.get("val_accuracy"),
-            "val_f1": best.user_attrs.get("val_f1"),
+            "best_step": record.best_step,
+            "val_accuracy": record.metric("val_accuracy"),
+            "val_f1": record.metric("val_f1"),
         },
         "hyperparameters": result.params,
         "trained_on": result.trained_on,
@@ -372,8 +375,8 @@ def _model_card(
         f"pruner {_fmt(config.get('pruner', {}).get('name'))}, seed {config.get('seed')}",
         "- trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v),
         f"- best trial: {best.number}, {config.get('metric')} {_fmt(best.value)}, "
-        f"val_accuracy {_fmt(best.user_attrs.get('val_accuracy'))}, "
-        f"val_f1 {_fmt(best.user_attrs.get('val_f1'))}",
+        f"val_accuracy {_fmt(TrialRecord.from_attrs(best.user_attrs).metric('val_accuracy'))}, "
+        f"val_f1 {_fmt(TrialRecord.from_attrs(best.user_attrs).metric('val_f1'))}",
         "",
         "## Library versions",
         "",

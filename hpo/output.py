@@ -9,6 +9,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from typing import Any
 
+from objectives.record import TrialRecord
+from objectives.record import WorkerRecord
+
 if TYPE_CHECKING:
     import optuna
 
@@ -74,20 +77,22 @@ def trial_rows(study: optuna.Study, fmt: str) -> list[dict[str, Any]]:
     """One row per trial: number, state, value, accuracy, examples, seconds, worker, params."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
+        record, worker = TrialRecord.from_attrs(t.user_attrs), WorkerRecord.from_attrs(t.user_attrs)
         row: dict[str, Any] = {
             "number": t.number,
             "state": t.state.name.lower(),
             "value": t.value if t.values is not None and len(t.values) == 1 else t.values,
-            "val_accuracy": a.get("val_accuracy"),
-            "val_f1": a.get("val_f1"),
-            "examples_seen": a.get("examples_seen"),
-            "seconds": a.get("wall_seconds"),
-            "worker": (a.get("worker") or {}).get("id"),
+            "val_accuracy": record.metric("val_accuracy"),
+            "val_f1": record.metric("val_f1"),
+            "examples_seen": record.examples_seen,
+            "seconds": worker.wall_seconds,
+            "worker": worker.worker_id,
         }
         if fmt == "json":
             row["params"] = t.params
-            row["fail_reason"] = a.get("fail_reason")
+            row["device"] = record.device
+            row["peak_memory_mb"] = record.peak_memory_mb
+            row["fail_reason"] = worker.fail_reason
             row["retry_of"] = t.system_attrs.get("failed_trial")
         else:
             row["params"] = t.params
@@ -127,20 +132,23 @@ def progress(total: int | None, quiet: bool) -> Iterator[Any]:
         def start(self, state: dict[str, int]) -> None:
             bar.update(state["finished"])
 
-        def line(self, frozen: optuna.trial.FrozenTrial, seconds: float) -> None:
+        def line(self, frozen: optuna.trial.FrozenTrial, seconds: float,
+                 worker: str | None = None) -> None:
             state = frozen.state.name.lower()
             value = "" if frozen.value is None else f" value={frozen.value:.4f}"
-            a = frozen.user_attrs
-            acc = f" acc={a['val_accuracy']:.3f}" if "val_accuracy" in a else ""
-            reason = f" ({a['fail_reason']})" if "fail_reason" in a else ""
+            accuracy = TrialRecord.from_attrs(frozen.user_attrs).metric("val_accuracy")
+            acc = f" acc={accuracy:.3f}" if accuracy is not None else ""
+            why = WorkerRecord.from_attrs(frozen.user_attrs).fail_reason
+            reason = f" ({why})" if why else ""
             params = ", ".join(
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in frozen.params.items()
             )
             if not quiet:
+                by = f" ({worker})" if worker else ""
                 bar.write(
                     f"trial {frozen.number:>3} {state:<8}{value}{acc} [{params}] "
-                    f"{seconds:.1f}s{reason}",
+                    f"{seconds:.1f}s{by}{reason}",
                     file=sys.stderr,
                 )
             bar.update(1)

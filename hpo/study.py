@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING
 from typing import Any
 
+from hpo import _optuna
 from hpo.config import StudyConfig
 from hpo.config import config_from_dict
 from hpo.errors import ConfigError
@@ -40,6 +41,7 @@ from hpo.storage import redact_url
 from hpo.storage import set_heartbeat
 from hpo.storage import shared_lock
 from hpo.storage import trial_counts
+from objectives.record import WorkerRecord
 
 if TYPE_CHECKING:
     import optuna
@@ -240,7 +242,8 @@ def stored_config(study: optuna.Study, storage_url: str) -> tuple[StudyConfig, S
 
 
 def load_study(
-    url: str, name: str, *, wait_for_config: float = 10.0
+    url: str, name: str, *, wait_for_config: float = 10.0,
+    allowed_objectives: tuple[str, ...] = (),
 ) -> tuple[optuna.Study, StudyConfig, SearchSpace]:
     """Open a study for a worker: its stored config, with the storage settings it asks for,
     after checking that this machine's data has the study's fingerprint. Nothing is written.
@@ -254,7 +257,9 @@ def load_study(
     Raises:
         StudyNotFoundError, ConfigError: as above.
         DataMismatchError: the worker's data differs from the study's.
+        ConfigError: a ``module:function`` objective not in ``allowed_objectives``.
     """
+    from objectives import check_allowed
     from objectives import resolve_objective
 
     # Read the config first, without heartbeats: they come with the study's own settings.
@@ -262,6 +267,13 @@ def load_study(
     deadline = time.monotonic() + wait_for_config
     while "hpo_config" not in study.user_attrs and time.monotonic() < deadline:
         time.sleep(0.5)
+    stored = study.user_attrs.get("hpo_config")
+    objective = stored.get("objective") if isinstance(stored, dict) else None
+    if isinstance(objective, str):
+        try:  # before anything imports it
+            check_allowed(objective, allowed_objectives)
+        except PermissionError as exc:
+            raise ConfigError(str(exc)) from None
     cfg, space = stored_config(study, url)
     spec = resolve_objective(cfg.objective)
     prepared = _prepare(cfg, spec)
@@ -271,7 +283,7 @@ def load_study(
             f"this worker's data has fingerprint {prepared['data_fingerprint']} but study "
             f"{name!r} was created on data {expected}; give this machine the same data files"
         )
-    set_heartbeat(study._storage, cfg.storage_settings)
+    set_heartbeat(_optuna.storage_of(study), cfg.storage_settings)
     return study, cfg, space
 
 
@@ -280,7 +292,7 @@ def load_study(
 
 def budget_lock(study: optuna.Study, url: str) -> contextlib.AbstractContextManager[None]:
     """A lock shared by every worker of ``study``, held while it counts and takes a trial."""
-    return shared_lock(study._storage, url, f"hpo-budget:{study.study_name}")
+    return shared_lock(_optuna.storage_of(study), url, f"hpo-budget:{study.study_name}")
 
 
 def budget_state(study: optuna.Study) -> dict[str, int]:
@@ -291,7 +303,7 @@ def budget_state(study: optuna.Study) -> dict[str, int]:
     """
     from optuna.trial import TrialState
 
-    counts = trial_counts(study._storage, study._study_id)
+    counts = trial_counts(_optuna.storage_of(study), _optuna.study_id(study))
     if counts is not None:  # RDB storages: one query
         return _state(*counts)
     trials = study.get_trials(deepcopy=False)
@@ -324,7 +336,7 @@ def _state(by_state: dict[str, int], n_retries: int) -> dict[str, int]:
 
 
 def _heartbeats_on(study: optuna.Study) -> bool:
-    backend = rdb_backend(study._storage)
+    backend = rdb_backend(_optuna.storage_of(study))
     return backend is not None and backend.get_heartbeat_interval() is not None
 
 
@@ -337,12 +349,12 @@ def fail_stale(study: optuna.Study) -> list[int]:
     import optuna
     from optuna.trial import TrialState
 
-    backend = rdb_backend(study._storage)
+    backend = rdb_backend(_optuna.storage_of(study))
     if backend is None or backend.get_heartbeat_interval() is None:
         return []
-    storage = study._storage
+    storage = _optuna.storage_of(study)
     failed = []
-    for trial_id in backend._get_stale_trial_ids(study._study_id):
+    for trial_id in _optuna.stale_trial_ids(backend, _optuna.study_id(study)):
         try:
             storage.set_trial_user_attr(
                 trial_id, "fail_reason",
@@ -357,7 +369,7 @@ def fail_stale(study: optuna.Study) -> list[int]:
     for trial_id in failed:
         frozen = copy.deepcopy(storage.get_trial(trial_id))
         numbers.append(frozen.number)
-        worker = (frozen.user_attrs.get("worker") or {}).get("id", "?")
+        worker = WorkerRecord.from_attrs(frozen.user_attrs).worker_id or "?"
         _LOG.warning("trial %d of worker %s is stale: failed%s", frozen.number, worker,
                      ", and enqueued again" if callback is not None else "")
         if callback is not None:

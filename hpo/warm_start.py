@@ -15,7 +15,10 @@ import logging
 from typing import TYPE_CHECKING
 from typing import Any
 
+from hpo._optuna import storage_of
 from hpo.errors import HPOInputError
+from objectives import record
+from objectives.record import WorkerRecord
 
 if TYPE_CHECKING:
     import optuna
@@ -92,7 +95,7 @@ def enqueue_from(
     """
     from optuna.trial import TrialState
 
-    if source.study_name == study.study_name and source._storage is study._storage:
+    if source.study_name == study.study_name and storage_of(source) is storage_of(study):
         raise WarmStartError(f"study {study.study_name!r} cannot warm-start from itself")
     if len(source.directions) != 1:
         raise WarmStartError(
@@ -113,9 +116,9 @@ def enqueue_from(
         _LOG.warning("warm start: study %r has %d complete trial(s), fewer than --top-k %d",
                      source.study_name, len(top), top_k)
     done = {
-        t.user_attrs.get("warm_start_trial")
+        w.warm_start_trial
         for t in study.get_trials(deepcopy=False)
-        if t.user_attrs.get("warm_start_from") == source.study_name
+        if (w := WorkerRecord.from_attrs(t.user_attrs)).warm_start_from == source.study_name
     }
     enqueued = []
     for t in top:
@@ -127,7 +130,7 @@ def enqueue_from(
                          source.study_name, t.number, ", ".join(dropped))
         study.enqueue_trial(
             params,
-            user_attrs={"warm_start_from": source.study_name, "warm_start_trial": t.number},
+            user_attrs={record.WARM_START_FROM: source.study_name, record.WARM_START_TRIAL: t.number},
         )
         enqueued.append(params)
     if enqueued:
@@ -171,7 +174,7 @@ def warm_start(
         if cfg.n_trials is not None:
             already = sum(
                 1 for t in study.get_trials(deepcopy=False)
-                if t.user_attrs.get("warm_start_from") == source_name
+                if WorkerRecord.from_attrs(t.user_attrs).warm_start_from == source_name
             )
             left = cfg.n_trials - budget_state(study)["counted"] + already
             if top_k > left:

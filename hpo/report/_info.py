@@ -19,9 +19,9 @@ from optuna.trial import TrialState
 from hpo.report._study import _best_trials
 from hpo.report._study import _complete
 from hpo.report._study import _end_time
-from hpo.report._study import _int
 from hpo.report._study import _metric_names
 from hpo.report._study import _num
+from hpo.report._study import _record
 from hpo.report._study import _worker_label
 
 # Fewer complete trials than this and importances are noise; PED-ANOVA warns below it anyway.
@@ -83,15 +83,8 @@ class _LearningCurvesInfo(NamedTuple):
 
 
 def _history_curve(trial: FrozenTrial) -> tuple[list[int], list[float]] | None:
-    history = trial.user_attrs.get("history")
-    if not isinstance(history, list):
-        return None
     points = sorted(
-        (int(p["step"]), float(p["val_loss"]))
-        for p in history
-        if isinstance(p, dict)
-        and _int(p.get("step")) is not None
-        and _num(p.get("val_loss")) is not None
+        (p.step, p.metrics["val_loss"]) for p in _record(trial).history if "val_loss" in p.metrics
     )
     if not points:
         return None
@@ -280,12 +273,14 @@ def _get_efficiency_info(study: optuna.Study) -> _EfficiencyInfo:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         if t.datetime_start is not None
     ]
-    use_accuracy = any(_num(t.user_attrs.get("val_accuracy")) is not None for t in trials)
-    use_train_seconds = any(_num(t.user_attrs.get("train_seconds")) is not None for t in trials)
+    records = {t.number: _record(t) for t in trials}
+    use_accuracy = any(r.metric("val_accuracy") is not None for r in records.values())
+    use_train_seconds = any(r.train_seconds is not None for r in records.values())
     points: list[_EfficiencyPoint] = []
     for trial in trials:
+        record = records[trial.number]
         if use_accuracy:
-            score = _num(trial.user_attrs.get("val_accuracy"))
+            score = record.metric("val_accuracy")
         elif len(study.directions) == 1 and trial.state == TrialState.COMPLETE:
             score = _num(trial.values[0])
         else:
@@ -293,12 +288,12 @@ def _get_efficiency_info(study: optuna.Study) -> _EfficiencyInfo:
         if score is None:
             continue
         if use_train_seconds:
-            seconds = _num(trial.user_attrs.get("train_seconds"))
+            seconds = record.train_seconds
         elif trial.duration is not None:
             seconds = trial.duration.total_seconds()
         else:
             seconds = None
-        params = _int(trial.user_attrs.get("trainable_params"))
+        params = record.trainable_params
         points.append(_EfficiencyPoint(trial.number, trial.state.name, score, params, seconds))
     name = "val_accuracy" if use_accuracy else _metric_names(study)[0]
     return _EfficiencyInfo(name, points, "train_seconds" if use_train_seconds else "trial duration")

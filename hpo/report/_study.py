@@ -15,6 +15,9 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from objectives.record import TrialRecord
+from objectives.record import WorkerRecord
+
 _STATE_ORDER = (
     TrialState.COMPLETE,
     TrialState.PRUNED,
@@ -99,8 +102,20 @@ def _metric_names(study: optuna.Study) -> list[str]:
     return [f"objective {i}" for i in range(len(study.directions))]
 
 
+def _record(trial: FrozenTrial) -> TrialRecord:
+    """What the trial's training measured (the one schema: objectives.record)."""
+    return TrialRecord.from_attrs(trial.user_attrs)
+
+
+def _worker(trial: FrozenTrial) -> WorkerRecord:
+    """What its worker recorded: who ran it, its wall time, why it failed."""
+    return WorkerRecord.from_attrs(trial.user_attrs)
+
+
 def _worker_label(trial: FrozenTrial) -> str | None:
-    worker = trial.user_attrs.get("worker")
+    worker = _worker(trial).worker
+    if worker is None:
+        worker = trial.user_attrs.get("worker")  # a plain name, from another tool
     if isinstance(worker, dict):
         if worker.get("host") is not None or worker.get("pid") is not None:
             return f"{worker.get('host', '?')}:{worker.get('pid', '?')}"
@@ -113,16 +128,12 @@ def _worker_label(trial: FrozenTrial) -> str | None:
 
 def _last_step(trial: FrozenTrial) -> int | None:
     steps = [s for s in trial.intermediate_values]
-    history = trial.user_attrs.get("history")
-    if isinstance(history, list):
-        steps += [
-            s["step"] for s in history if isinstance(s, dict) and _int(s.get("step")) is not None
-        ]
+    steps += [p.step for p in _record(trial).history]
     return max(steps) if steps else None
 
 
 def _examples_seen(trial: FrozenTrial) -> int | None:
-    seen = _int(trial.user_attrs.get("examples_seen"))
+    seen = _record(trial).examples_seen
     return seen if seen is not None else _last_step(trial)
 
 

@@ -15,9 +15,8 @@ from hpo.report._study import _best_trials
 from hpo.report._study import _config
 from hpo.report._study import _end_time
 from hpo.report._study import _examples_seen
-from hpo.report._study import _int
 from hpo.report._study import _metric_names
-from hpo.report._study import _num
+from hpo.report._study import _record
 from hpo.report._study import _worker_label
 
 
@@ -94,11 +93,12 @@ def _get_budget_info(study: optuna.Study) -> _BudgetInfo:
         seen = _examples_seen(trial)
         if seen is None:
             continue
-        estimated |= _int(trial.user_attrs.get("examples_seen")) is None
+        record = _record(trial)
+        estimated |= record.examples_seen is None
         trained += seen
         if trial.state != TrialState.PRUNED:
             continue
-        planned = _int(trial.user_attrs.get("planned_examples"))
+        planned = record.planned_examples
         if planned is None:
             estimated = True
             planned = full_run
@@ -106,7 +106,7 @@ def _get_budget_info(study: optuna.Study) -> _BudgetInfo:
             continue
         planned_total += planned
         saved += max(planned - seen, 0)
-        seconds = _num(trial.user_attrs.get("train_seconds"))
+        seconds = record.train_seconds
         if seconds is not None and seen > 0:
             seconds_saved = (seconds_saved or 0.0) + seconds / seen * max(planned - seen, 0)
     return _BudgetInfo(trained, saved, planned_total, seconds_saved, estimated)
@@ -176,8 +176,8 @@ def _get_summary_info(
         n_trials_by_state=by_state,
         best_numbers=[t.number for t in best],
         best_values=list(top.values) if top is not None else None,
-        best_val_accuracy=_num(top.user_attrs.get("val_accuracy")) if top else None,
-        best_val_f1=_num(top.user_attrs.get("val_f1")) if top else None,
+        best_val_accuracy=_record(top).metric("val_accuracy") if top else None,
+        best_val_f1=_record(top).metric("val_f1") if top else None,
         best_params=dict(top.params) if top is not None else {},
         budget=_get_budget_info(study),
         wall_seconds=wall,

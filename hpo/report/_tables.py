@@ -13,10 +13,10 @@ from optuna.trial import TrialState
 from hpo.report._study import _best_trials
 from hpo.report._study import _complete
 from hpo.report._study import _examples_seen
-from hpo.report._study import _int
 from hpo.report._study import _metric_names
-from hpo.report._study import _num
+from hpo.report._study import _record
 from hpo.report._study import _sort_key
+from hpo.report._study import _worker
 from hpo.report._study import _worker_label
 
 # Rows of the top-trials table and of the table of the other (pruned, failed, ...) trials.
@@ -48,30 +48,33 @@ class _TrialsTableInfo(NamedTuple):
 
 def _trial_notes(trial: FrozenTrial) -> list[str]:
     notes = []
-    if trial.user_attrs.get("warm_start_from") is not None:
-        notes.append(f"warm start from study {trial.user_attrs['warm_start_from']}")
+    worker = _worker(trial)
+    if worker.warm_start_from is not None:
+        notes.append(f"warm start from study {worker.warm_start_from}")
     if trial.system_attrs.get("failed_trial") is not None:
         retries = trial.system_attrs.get("retry_history") or []
         notes.append(
             f"retry of trial {trial.system_attrs['failed_trial']} (attempt {len(retries) + 1})"
         )
-    if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") is not None:
-        notes.append(f"failed: {trial.user_attrs['fail_reason']}")
+    if trial.state == TrialState.FAIL and worker.fail_reason is not None:
+        notes.append(f"failed: {worker.fail_reason}")
+    if worker.infeasible is not None:
+        notes.append(f"infeasible: {worker.infeasible}")
     return notes
 
 
 def _trial_row(trial: FrozenTrial) -> _TrialRow:
-    attrs = trial.user_attrs
+    record = _record(trial)
     return _TrialRow(
         number=trial.number,
         state=trial.state.name,
         values=list(trial.values) if trial.values is not None else None,
-        val_accuracy=_num(attrs.get("val_accuracy")),
-        val_f1=_num(attrs.get("val_f1")),
-        best_step=_int(attrs.get("best_step")),
+        val_accuracy=record.metric("val_accuracy"),
+        val_f1=record.metric("val_f1"),
+        best_step=record.best_step,
         examples_seen=_examples_seen(trial),
-        train_seconds=_num(attrs.get("train_seconds")),
-        trainable_params=_int(attrs.get("trainable_params")),
+        train_seconds=record.train_seconds,
+        trainable_params=record.trainable_params,
         params=dict(trial.params),
         worker=_worker_label(trial),
         notes=_trial_notes(trial),
