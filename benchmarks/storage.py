@@ -52,6 +52,9 @@ BEGIN, END = "<!-- storage-benchmark:start -->", "<!-- storage-benchmark:end -->
 # --- objectives (named "benchmarks.storage:<function>" in hpo configs) -----------------------
 
 
+OBJECTIVE = "benchmarks.storage:dummy_objective"  # a module:function objective workers allow
+
+
 def dummy_objective(trial: Any, params: dict[str, Any], cfg: dict[str, Any]) -> float:
     """Report 10 intermediate values and return: a trial that is all storage."""
     value = sum(v * v for v in params.values())
@@ -135,7 +138,7 @@ class _HpoRun:
 
         self.url = url
         self.name = f"bench-hpo-{uuid.uuid4().hex[:8]}"
-        self.cfg = _config(self.name, url, "benchmarks.storage:dummy_objective", 1)
+        self.cfg = _config(self.name, url, OBJECTIVE, 1)
         self.study = create_study(self.cfg)
         self.space = search_space_from_dict(self.study.user_attrs["search_space"])
         self.times: list[float] = []
@@ -255,7 +258,7 @@ def _worker_main(url: str, name: str, sync: str) -> None:
     from hpo.study import load_study
     from hpo.worker import run_worker
 
-    study, cfg, space = load_study(url, name)
+    study, cfg, space = load_study(url, name, allowed_objectives=(OBJECTIVE,))
     Path(f"{sync}.{os.getpid()}.ready").touch()
     go = Path(f"{sync}.go")
     while not go.exists():
@@ -384,10 +387,10 @@ def count_statements(url: str, n: int = 100) -> dict[str, dict[str, float]]:
 
     out = {}
     name = f"bench-count-{uuid.uuid4().hex[:8]}"
-    cfg = _config(name, url, "benchmarks.storage:dummy_objective", 20 + n)
+    cfg = _config(name, url, OBJECTIVE, 20 + n)
     create_study(cfg)
     try:
-        study, cfg, space = load_study(url, name)
+        study, cfg, space = load_study(url, name, allowed_objectives=(OBJECTIVE,))
         run_worker(study, dataclasses.replace(cfg, n_trials=20), space, seed=1)
         out["hpo"] = counting(rdb_backend(study._storage).engine,
                               lambda: run_worker(study, cfg, space, seed=1))

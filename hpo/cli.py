@@ -84,12 +84,47 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
                      help="Seconds this process keeps starting trials."),
         click.option("--sampler", help="tpe, random, gp, cmaes, qmc or grid."),
-        click.option("--pruner", help="median, percentile, successive-halving, hyperband, patient or none."),
+        click.option("--pruner", help="median, percentile, successive-halving, hyperband, patient, threshold or none."),
         click.option("--seed", type=int, help="Seed of the sampler, splits and training."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--devices", metavar="LIST",
+                     help="GPUs to use, e.g. 0,1,2,3 or all: one worker process pinned to each "
+                     "(CUDA_VISIBLE_DEVICES), all on this study."),
+        click.option("--workers-per-device", type=click.IntRange(min=1), default=1,
+                     show_default=True, help="Workers on each device (small models)."),
+        click.option("--device", help="Train on this device (auto, cpu, cuda, cuda:N, mps) "
+                     "instead of the config's."),
+        click.option("--log-dir", default=".hpo_logs", show_default=True,
+                     help="Tracebacks of failed trials go to DIR/STUDY/WORKER.log."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _exit_code(summary: Any) -> int:
+    """130 after SIGINT, 143 after SIGTERM (128 + the signal), else 0."""
+    import signal
+
+    if not summary.interrupted:
+        return 0
+    return 128 + int(getattr(signal, summary.interrupted, signal.SIGINT))
+
+
+def _all_failed(summary: Any) -> str | None:
+    """A line when every trial of the study failed (the study found nothing), else None."""
+    counts = summary.counts
+    if counts.get("fail", 0) and not (counts.get("complete", 0) or counts.get("pruned", 0)):
+        return (f"all {counts['fail']} trials failed; their reasons: hpo trials --study "
+                f"{summary.study} (tracebacks in the log directory)")
+    return None
 
 
 def _load(config_path: str, storage: str | None, **overrides: Any) -> Any:
@@ -102,6 +137,7 @@ def _load(config_path: str, storage: str | None, **overrides: Any) -> Any:
 @cli.command()
 @_config_options
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads (default: cores / local workers).")
+@_device_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Also write the study's HTML report here at the end.")
 @click.option("--warm-start-from", help="Earlier study whose best trials run first.")
@@ -112,19 +148,30 @@ def _load(config_path: str, storage: str | None, **overrides: Any) -> Any:
 @format_option
 @click.pass_context
 def run(ctx: click.Context, config_path: str, fmt: str, threads: int | None,
+        devices: str | None, workers_per_device: int, device: str | None, log_dir: str,
         report_path: str | None, warm_start_from: str | None, warm_start_storage: str | None,
         top_k: int, allow: bool, **overrides: Any) -> None:
     """Run a study (create it, or resume it when it exists) and print the best trial."""
     from hpo.checks import run_data_checks
-    from hpo.runner import run_study
 
     cfg = _load(config_path, **overrides)
+    local = _local_groups(devices, workers_per_device, cfg.devices_per_trial, device)
     run_data_checks(cfg, allow)
     if warm_start_from:
         from hpo.warm_start import warm_start
 
         warm_start(cfg, warm_start_from, top_k, warm_start_storage)
-    summary = run_study(cfg, threads=threads, quiet=ctx.obj["quiet"])
+    if local is None:
+        from hpo.runner import run_study
+
+        summary = run_study(cfg, threads=threads, quiet=ctx.obj["quiet"], device=device,
+                            log_dir=log_dir)
+    else:
+        from hpo.study import create_study
+
+        create_study(cfg)
+        summary = _run_local(cfg.storage, cfg.study, local, threads, ctx.obj["quiet"], log_dir,
+                             cfg.n_trials)
     _print_summary(summary, cfg.metric, fmt)
     if report_path:
         from hpo.report import write_report
@@ -133,8 +180,51 @@ def run(ctx: click.Context, config_path: str, fmt: str, threads: int | None,
 
         path = write_report(open_study(cfg.storage, cfg.study), report_path, redact_url(cfg.storage))
         click.echo(f"report: {path}", err=True)
-    if summary.interrupted:
-        ctx.exit(130)
+    _finish(ctx, summary)
+
+
+def _local_groups(devices: str | None, per_device: int, devices_per_trial: int,
+                  device: str | None, name: str | None = None) -> list[Any] | None:
+    """The local workers to launch (None: run in this process)."""
+    import os
+    import socket
+
+    from hpo.errors import ConfigError
+    from hpo.launch import parse_devices
+    from hpo.launch import plan_groups
+    from objectives.distributed import env_world_size
+
+    if devices is None and per_device == 1 and (devices_per_trial == 1 or env_world_size() > 1):
+        return None
+    if devices is not None and device is not None:
+        raise ConfigError("--device and --devices: give one (--devices pins a worker to each GPU)")
+    if device is not None and device != "cpu" and devices_per_trial > 1:
+        raise ConfigError("--device: with devices_per_trial > 1 give --devices (the GPUs) instead")
+    gpus = parse_devices(devices) if devices is not None else None
+    return plan_groups(gpus, per_device, devices_per_trial,
+                       name or f"{socket.gethostname()}-{os.getpid()}")
+
+
+def _run_local(url: str, study: str, groups: list[Any], threads: int | None, quiet: bool,
+               log_dir: str, n_trials: int | None) -> Any:
+    from hpo.launch import run_local_workers
+
+    summary, failed = run_local_workers(url, study, groups, threads=threads, quiet=quiet,
+                                        log_dir=log_dir, n_trials=n_trials)
+    for line in failed:
+        click.echo(f"Error: {line}", err=True)
+    if failed and len(failed) == len(groups) and not summary.ran:
+        raise click.ClickException(f"no worker could run trials ({failed[0]})")
+    return summary
+
+
+def _finish(ctx: click.Context, summary: Any) -> None:
+    code = _exit_code(summary)
+    if code:
+        ctx.exit(code)
+    line = _all_failed(summary)
+    if line:
+        raise click.ClickException(line)
 
 
 @cli.command()
@@ -155,23 +245,46 @@ def create(config_path: str, allow: bool, **overrides: Any) -> None:
 @storage_option
 @study_option()
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads (default: cores / local workers).")
+@_device_options
 @click.option("--worker-id", envvar="HPO_WORKER_ID", metavar="NAME",
               help="This worker's name in the trials it runs, e.g. a SLURM task or pod name "
-              "(env HPO_WORKER_ID; default: host-pid-random).")
+              "(env HPO_WORKER_ID; default: host-pid).")
+@click.option("--allow-objective", "allowed", multiple=True, envvar="HPO_ALLOW_OBJECTIVES",
+              metavar="MODULE:FUNCTION", help="A module:function objective this worker may "
+              "import (env HPO_ALLOW_OBJECTIVES, space-separated); registered ones always may.")
 @format_option
 @click.pass_context
 def worker(ctx: click.Context, storage: str | None, study: str, threads: int | None,
-           worker_id: str | None, fmt: str) -> None:
+           devices: str | None, workers_per_device: int, device: str | None, log_dir: str,
+           worker_id: str | None, allowed: tuple[str, ...], fmt: str) -> None:
     """Join a study: read its config from the storage and run trials until its budget is used."""
-    from hpo.runner import run_study_worker
+    from hpo.study import open_study
+    from hpo.study import stored_config
+    from objectives.distributed import env_world_size
 
     if worker_id is not None and not worker_id.strip():
         raise _InputError("--worker-id: must not be empty (a name, e.g. the SLURM task or pod)")
-    summary, metric = run_study_worker(storage or DEFAULT_STORAGE, study, threads=threads,
-                                       quiet=ctx.obj["quiet"], worker_id=worker_id)
+    url = storage or DEFAULT_STORAGE
+    args = {"threads": threads, "quiet": ctx.obj["quiet"], "worker_id": worker_id,
+            "device": device, "log_dir": log_dir, "allowed_objectives": allowed}
+    if devices is not None or workers_per_device > 1:
+        cfg, _ = stored_config(open_study(url, study), url)
+        groups = _local_groups(devices, workers_per_device, cfg.devices_per_trial, device,
+                               worker_id)
+        summary, metric = _run_local(url, study, groups or [], threads, ctx.obj["quiet"],
+                                     log_dir, cfg.n_trials), cfg.metric
+    elif env_world_size() > 1:  # started by torchrun: one data-parallel trial at a time
+        from hpo.ranks import run_ranked_worker
+
+        summary, metric = run_ranked_worker(url, study, **args)
+        if not metric:
+            return  # not rank 0: rank 0 prints
+    else:
+        from hpo.runner import run_study_worker
+
+        summary, metric = run_study_worker(url, study, **args)
     _print_summary(summary, metric, fmt)
-    if summary.interrupted:
-        ctx.exit(130)
+    _finish(ctx, summary)
 
 
 def _print_summary(summary: Any, metric: str, fmt: str) -> None:
@@ -263,12 +376,13 @@ def delete_study(storage: str | None, study: str, yes: bool) -> None:
     """Delete a study and all its trials."""
     import optuna
 
+    from hpo._optuna import storage_of
     from hpo.study import open_study
 
     s = open_study(storage or DEFAULT_STORAGE, study)
     if not yes:
         click.confirm(f"Delete study {study!r} and its {len(s.trials)} trials?", abort=True)
-    optuna.delete_study(study_name=study, storage=s._storage)
+    optuna.delete_study(study_name=study, storage=storage_of(s))
     click.echo(f"deleted {study}")
 
 
@@ -321,7 +435,18 @@ def check_data(ctx: click.Context, config_path: str, seed: int | None, fmt: str)
 
 def main() -> None:
     """Entry point of the ``hpo`` console script."""
-    cli.main(prog_name="hpo")
+    try:
+        code = cli.main(prog_name="hpo", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        # Ctrl-C before the worker loop took over signals (loading data, creating the study).
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 

@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "grid")
-PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "patient", "none")
+PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "patient", "threshold",
+           "none")
 
 # Keys the study side owns; every other key of a config file belongs to the objective.
 STUDY_KEYS = (
@@ -177,7 +178,7 @@ def config_from_dict(
     objective = data.get("objective", "text_classification")
     try:
         spec = resolve_objective(str(objective))
-    except (KeyError, ImportError) as exc:
+    except (KeyError, ImportError, TypeError) as exc:
         raise ConfigError(f"{source}: objective: {exc.args[0]}") from None
 
     study = data.get("study")

@@ -271,7 +271,8 @@ class _SQLiteSharing:
         self.warned = True
         hosts = sorted({str(w.get("host")) for w in others if w.get("host")} - {socket.gethostname()})
         where = f"also on {', '.join(hosts)}: never do that" if hosts else "on this machine: fine"
-        _LOG.warning(
+        # Other hosts: a warning; workers of this machine only (e.g. --devices): for the record.
+        (_LOG.warning if hosts else _LOG.info)(
             "several processes use the SQLite file %s (%s). SQLite is for one machine; never share "
             "it across machines or over NFS. Use PostgreSQL or MySQL for distributed workers.",
             self.path, where,
@@ -412,7 +413,7 @@ def _take_trial(
             if frozen is not None:
                 _optuna.add_to_storage_cache(storage, _optuna.study_id(study), frozen)
                 _optuna.forget_cached_trials(study)  # see below
-                return optuna.Trial(study, frozen._trial_id), state
+                return optuna.Trial(study, _optuna.trial_id(frozen)), state
             if state["waiting"] == 0:
                 return None, state
             # A waiting trial (a retry) to pop: study.ask() under the budget lock, below.
@@ -513,11 +514,13 @@ def _run_one(
                     # Infeasible: the sampler learns not to propose this region again.
                     trial.set_user_attr(record.INFEASIBLE, "out of memory")
                     trial.set_constraint("out_of_memory", 1.0)
-                log = (failures or _FailureLog(None)).write(trial.number, worker["id"],
-                                                             traceback.format_exc())
+                text = traceback.format_exc()
+                if getattr(exc, "detail", ""):  # the error it replaced (e.g. the device's OOM)
+                    text += f"\nwhich replaced:\n{exc.detail}"
+                log = (failures or _FailureLog(None)).write(trial.number, worker["id"], text)
                 _LOG.warning("trial %d failed: %s%s", trial.number, reason,
                              f" (traceback in {log})" if log else "")
-                _LOG.debug("trial %d traceback:\n%s", trial.number, traceback.format_exc())
+                _LOG.debug("trial %d traceback:\n%s", trial.number, text)
                 state = TrialState.FAIL
         seconds = time.perf_counter() - t0
         trial.set_user_attr(record.WALL_SECONDS, round(seconds, 3))

@@ -395,8 +395,8 @@ def test_killed_worker_trial_is_retried_from_checkpoint(
 def test_sigterm_hands_trial_back(
     runner: Runner, tmp_path: Path, backend: str, signum: signal.Signals
 ) -> None:
-    """SIGTERM (or SIGINT) a worker mid-trial: it exits cleanly (130) and another worker
-    finishes its trial."""
+    """SIGTERM (or SIGINT) a worker mid-trial: it exits cleanly (143 or 130: 128 + the signal)
+    and another worker finishes its trial."""
     url = backend_url(backend, tmp_path)
     checkpoints = tmp_path / "checkpoints"
     with study_in(url) as name:
@@ -408,7 +408,7 @@ def test_sigterm_hands_trial_back(
         stopped = next(w for w in workers if w.pid == trial.user_attrs["worker"]["pid"])
         other = next(w for w in workers if w is not stopped)
         os.kill(stopped.pid, signum)
-        assert_clean(stopped, rc=130)
+        assert_clean(stopped, rc=128 + signum)
         assert stopped.summary()["interrupted"] == signum.name
         assert_clean(other)
 
