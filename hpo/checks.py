@@ -28,8 +28,6 @@ class DataCheckError(HPOInputError):
 def check_data(cfg: StudyConfig) -> list[Finding]:
     """Run the data checks of the study's objective; an empty list when it has none.
 
-    Only ``text_classification`` studies have data checks; other objectives pass.
-
     Raises:
         ConfigError: a data file is missing or unreadable, or the model's tokenizer cannot be
             loaded.
@@ -40,14 +38,14 @@ def check_data(cfg: StudyConfig) -> list[Finding]:
         >>> [f.code for f in findings]
         []
     """
-    from objectives.checks import check_dataset
+    from objectives import resolve_objective
     from objectives.data import DataError
-    from objectives.text_classification import TextClassificationConfig
 
-    if not isinstance(cfg.objective_config, TextClassificationConfig):
+    spec = resolve_objective(cfg.objective)
+    if spec.check_data is None:
         return []
     try:
-        return check_dataset(cfg.objective_config)
+        return spec.check_data(cfg.objective_config)
     except DataError as exc:
         raise ConfigError(f"dataset: {exc}") from None
     except ValueError as exc:  # the model's tokenizer

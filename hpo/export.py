@@ -45,6 +45,7 @@ __all__ = ["ExportError", "ExportResult", "export_study"]
 
 _LOG = logging.getLogger("hpo")
 _VALUE_TOLERANCE = 1e-4  # the retrain reproduces the search's validation value within this
+_LABELS = {"macro_f1": "macro-F1"}
 
 
 class ExportError(HPOInputError):
@@ -60,15 +61,14 @@ class ExportResult:
     metrics: dict[str, Any]  # as written to metrics.json
 
     def summary_line(self) -> str:
-        """One line: test accuracy and macro-F1 (mean ± std over seeds)."""
+        """One line: the first two test metrics (mean ± std over seeds), e.g. accuracy and
+        macro-F1."""
         s = self.metrics["test_summary"]
         n = len(self.metrics["seeds"])
         seeds = f" over {n} seeds" if n > 1 else f" (seed {self.metrics['seeds'][0]})"
-        return (
-            f"test accuracy {s['accuracy']['mean']:.4f} ± {s['accuracy']['std']:.4f}, "
-            f"macro-F1 {s['macro_f1']['mean']:.4f} ± {s['macro_f1']['std']:.4f}{seeds}: "
-            f"{self.directory}"
-        )
+        shown = ", ".join(f"{_LABELS.get(k, k)} {v['mean']:.4f} ± {v['std']:.4f}"
+                          for k, v in list(s.items())[:2])
+        return f"test {shown}{seeds}: {self.directory}"
 
 
 def export_study(
@@ -112,13 +112,19 @@ def export_study(
 
     if seeds < 1:
         raise ExportError(f"--seeds must be >= 1, got {seeds}")
+    from objectives import resolve_objective
+
     study = open_study(url, name)
     cfg, _ = stored_config(study, url)
-    if cfg.objective != "text_classification":
+    spec = resolve_objective(cfg.objective)
+    if spec.export is None:
         raise ExportError(
-            f"study {name!r} uses objective {cfg.objective!r}; export supports "
-            "text_classification studies only"
+            f"study {name!r} uses objective {cfg.objective!r}, which has no export (registered "
+            "objectives such as text_classification have one)"
         )
+    if len(study.directions) > 1:
+        raise ExportError(f"study {name!r} has {len(study.directions)} objectives; export the "
+                          "one trial you choose (see hpo best)")
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise ExportError(
             f"study {name!r} has no complete trial to export; run trials first "
@@ -128,12 +134,10 @@ def export_study(
     n_examples = TrialRecord.from_attrs(best.user_attrs).best_step
     if n_examples is None or n_examples < 1:
         raise ExportError(f"trial {best.number} of study {name!r} has no best_step to retrain to")
-    _check_fingerprint(study, cfg)
+    _check_fingerprint(study, cfg, spec)
     out = Path(output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not an empty directory; choose another -o")
-    from objectives.final import retrain_and_test
-
     seed_list = [cfg.seed + i for i in range(seeds)]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -143,7 +147,7 @@ def export_study(
         _LOG.info("retraining trial %d of %s for %d examples with seed(s) %s", best.number,
                   name, n_examples, ", ".join(map(str, seed_list)))
         try:
-            result = retrain_and_test(
+            result = spec.export(
                 cfg.objective_config, best.params, n_examples=n_examples, seeds=seed_list,
                 include_validation=include_validation, output_dir=tmp, merge=merge,
             )
@@ -166,14 +170,14 @@ def export_study(
     return ExportResult(directory=out, metrics=metrics)
 
 
-def _check_fingerprint(study: optuna.Study, cfg: Any) -> None:
-    from objectives.data import DataError
-    from objectives.text_classification import fingerprint
-
+def _check_fingerprint(study: optuna.Study, cfg: Any, spec: Any) -> None:
     expected = study.user_attrs.get("data_fingerprint")
     try:
-        here = fingerprint(cfg.objective_config)
-    except DataError as exc:
+        if spec.fingerprint is not None:
+            here = spec.fingerprint(cfg.objective_config)
+        else:
+            here = spec.prepare(cfg.objective_config)["data_fingerprint"] if spec.prepare else None
+    except ValueError as exc:
         raise ConfigError(f"dataset: {exc}") from None
     if here != expected:
         raise DataMismatchError(
@@ -206,7 +210,7 @@ def _metrics(study: optuna.Study, best: optuna.trial.FrozenTrial, result: FinalR
     for s in result.seeds:
         per_seed.append({
             "seed": s.seed,
-            **{k: s.test[k] for k in ("accuracy", "macro_f1", "loss", "per_class", "confusion_matrix")},
+            **{k: v for k, v in s.test.items() if k != "n_examples"},
             "examples_seen": s.examples_seen,
             "train_seconds": s.train_seconds,
             "validation": s.validation,
@@ -283,18 +287,20 @@ def _model_card(
     counts = {s.name.lower(): 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name.lower()] += 1
+    record = TrialRecord.from_attrs(best.user_attrs)
+    labels = f" (labels: {', '.join(result.label_names)})" if result.label_names else ""
     lines = [
         "---",
         f"library_name: {'peft' if lora else 'transformers'}",
-        "pipeline_tag: text-classification",
-        "tags: [hpo, optuna, text-classification]",
+        f"pipeline_tag: {result.task}",
+        f"tags: [hpo, optuna, {result.task}]",
         "---",
         "",
         f"# {study.study_name}: trial {best.number}",
         "",
         f"`{config.get('model')}`{' (all-MiniLM-L6-v2)' if config.get('model') == 'minilm' else ''} "
-        "fine-tuned for text classification on "
-        f"{_source(data.get('source', {}))} (labels: {', '.join(result.label_names)}), "
+        f"fine-tuned for {result.task.replace('-', ' ')} on "
+        f"{_source(data.get('source', {}))}{labels}, "
         f"exported by `hpo export` from the best trial of study `{study.study_name}`.",
         "",
         "## Test results",
@@ -309,21 +315,11 @@ def _model_card(
     lines += ["", "| metric | " + ("mean ± std | " + " | ".join(f"seed {s.seed}" for s in result.seeds)
                                    if n > 1 else f"seed {result.seeds[0].seed}") + " |"]
     lines.append("|---|" + ("---|" * (n + 1) if n > 1 else "---|"))
-    for key in ("accuracy", "macro_f1", "loss"):
-        s = summary[key]
+    for key, s in summary.items():
         cells = [f"{s['mean']:.4f} ± {s['std']:.4f}"] if n > 1 else []
         cells += [f"{v:.4f}" for v in s["values"]]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    lines += ["", f"Per class, saved model (seed {result.seeds[0].seed}):", "",
-              "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-    for label, m in metrics["test"]["per_class"].items():
-        lines.append(f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | "
-                     f"{m['support']} |")
-    lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
-              "| | " + " | ".join(result.label_names) + " |",
-              "|---|" + "---|" * len(result.label_names)]
-    for label, row in zip(result.label_names, metrics["test"]["confusion_matrix"], strict=True):
-        lines.append(f"| **{label}** | " + " | ".join(str(x) for x in row) + " |")
+    lines += result.card
     check = metrics["validation_check"]
     if check is not None:
         verdict = "reproduces" if check["match"] else "does NOT reproduce"
@@ -339,6 +335,7 @@ def _model_card(
         f"learning-rate schedule for {config.get('epochs')} epoch(s)",
         f"- seeds: {', '.join(str(s.seed) for s in result.seeds)} (the saved model is seed "
         f"{result.seeds[0].seed}'s; the data splits use the study's seed {config.get('seed')})",
+        f"- device: {result.device}, precision {result.precision}",
         f"- saved: {result.saved}",
         "",
         "| hyperparameter | value | |",
@@ -365,6 +362,8 @@ def _model_card(
         lines += ["- data checks:"] + [f"  - {f.severity}: {f.code}: {f.message}" for f in findings]
     else:
         lines.append("- data checks: clean")
+    best_metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in record.best.items()
+                             if k != config.get("metric"))
     lines += [
         "",
         "## Study",
@@ -374,9 +373,8 @@ def _model_card(
         f"({config.get('direction')}), sampler {_fmt(config.get('sampler', {}).get('name'))}, "
         f"pruner {_fmt(config.get('pruner', {}).get('name'))}, seed {config.get('seed')}",
         "- trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v),
-        f"- best trial: {best.number}, {config.get('metric')} {_fmt(best.value)}, "
-        f"val_accuracy {_fmt(TrialRecord.from_attrs(best.user_attrs).metric('val_accuracy'))}, "
-        f"val_f1 {_fmt(TrialRecord.from_attrs(best.user_attrs).metric('val_f1'))}",
+        f"- best trial: {best.number}, {config.get('metric')} {_fmt(best.value)}"
+        + (f", {best_metrics}" if best_metrics else ""),
         "",
         "## Library versions",
         "",
@@ -386,24 +384,7 @@ def _model_card(
     search_v, export_v = run["versions"]["search"] or {}, run["versions"]["export"]
     for lib in dict.fromkeys([*search_v, *export_v]):
         lines.append(f"| {lib} | {search_v.get(lib, '')} | {export_v.get(lib, '')} |")
-    lines += ["", "## Load it", "", "```python"]
-    if lora:
-        lines += [
-            "from peft import AutoPeftModelForSequenceClassification",
-            "from transformers import AutoTokenizer",
-            "",
-            "# The base model named in adapter_config.json must be reachable.",
-            "model = AutoPeftModelForSequenceClassification.from_pretrained(",
-            f"    \"path/to/this/directory\", num_labels={len(result.label_names)})",
-        ]
-    else:
-        lines += [
-            "from transformers import AutoModelForSequenceClassification",
-            "from transformers import AutoTokenizer",
-            "",
-            'model = AutoModelForSequenceClassification.from_pretrained("path/to/this/directory")',
-        ]
-    lines += ['tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")', "```", ""]
+    lines += ["", "## Load it", "", "```python", *result.load, "```", ""]
     return "\n".join(lines)
 
 

@@ -38,6 +38,13 @@ class ObjectiveSpec:
     validate_space: Callable[[Any, dict[str, Any]], None] | None = None
     # fn takes resume=[trial numbers]: the trials a retried trial repeats, oldest first.
     resumes: bool = False
+    # The data fingerprint without loading the data (export checks it). Optional.
+    fingerprint: Callable[[Any], str] | None = None
+    # Data checks before compute is spent: cfg -> [objectives.checks.Finding]. Optional.
+    check_data: Callable[[Any], list[Any]] | None = None
+    # hpo export: (cfg, params, *, n_examples, seeds, include_validation, output_dir, merge)
+    # -> objectives.final.FinalResult. Optional (no export without it).
+    export: Callable[..., Any] | None = None
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
@@ -49,6 +56,9 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         prepare=text_classification.prepare,
         validate_space=text_classification.validate_space,
         resumes=True,
+        fingerprint=text_classification.fingerprint,
+        check_data=text_classification.check_data,
+        export=text_classification.export,
     ),
     "toy": ObjectiveSpec(
         fn=toy.objective,

@@ -201,3 +201,89 @@ def objective(trial: optuna.Trial, params: dict[str, Any], cfg: TextClassificati
     from objectives.objective import run_trial
 
     return run_trial(trial, TrainParams.from_params(params), task_for(cfg), resume=resume)
+
+
+def check_data(cfg: TextClassificationConfig) -> list[Any]:
+    """The data checks of text classification (:mod:`objectives.checks`)."""
+    from objectives.checks import check_dataset
+
+    return check_dataset(cfg)
+
+
+def export(cfg: TextClassificationConfig, params: dict[str, Any], *, n_examples: int,
+           seeds: Sequence[int], include_validation: bool = False,
+           output_dir: str | None = None, merge: bool = False) -> Any:
+    """Retrain ``params`` with each seed, test each once, save the first seed's model.
+
+    Returns:
+        A :class:`objectives.final.FinalResult`: test accuracy, macro-F1 and loss per seed,
+        per-class precision/recall/F1 and the confusion matrix for the model card.
+    """
+    import dataclasses
+
+    from objectives.final import FinalResult
+    from objectives.final import retrain
+
+    task = task_for(cfg)
+    splits = task.res.splits
+    result = FinalResult(
+        seeds=[], data=splits.info, trained_on="", n_examples=0,
+        params=TrainParams.from_params(params).to_dict(), task="text-classification",
+        summary_metrics=("accuracy", "macro_f1", "loss"), label_names=list(splits.label_names),
+    )
+
+    def seeded(seed: int) -> TextClassificationTask:
+        # Checkpoints belong to trials of the search, not to this retrain.
+        return TextClassificationTask(
+            dataclasses.replace(cfg, seed=seed, checkpoint_dir=None), task.res)
+
+    retrain(seeded, TrainParams.from_params(params), _test, n_examples=n_examples, seeds=seeds,
+            include_validation=include_validation, output_dir=output_dir, merge=merge,
+            tokenizer=task.res.tokenizer, result=result)
+    result.card = _card(result)
+    peft = result.saved == "lora-adapter"
+    auto = "AutoPeftModelForSequenceClassification" if peft else "AutoModelForSequenceClassification"
+    result.load = [
+        f"from {'peft' if peft else 'transformers'} import {auto}",
+        "from transformers import AutoTokenizer",
+        "",
+        *(["# The base model named in adapter_config.json must be reachable."] if peft else []),
+        f'model = {auto}.from_pretrained("path/to/this/directory"'
+        + (f", num_labels={len(splits.label_names)})" if peft else ")"),
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")',
+    ]
+    return result
+
+
+def _test(model: Any, task: TextClassificationTask) -> dict[str, Any]:
+    """The one evaluation on the held-out test split."""
+    from objectives.core import outputs
+    from objectives.devices import Precision
+    from objectives.devices import resolve_precision
+    from objectives.metrics import classification_metrics
+
+    device = task.res.device
+    precision = Precision(resolve_precision(task.config.precision, device), device)
+    out = outputs(model, task, "test", device, precision)
+    labels, preds = np.asarray(out["label"]), np.asarray(out["pred"])
+    return {
+        "loss": out["loss_sum"] / max(out["units"], 1),
+        **classification_metrics(labels, preds, task.res.splits.label_names),
+        "n_examples": len(labels),
+    }
+
+
+def _card(result: Any) -> list[str]:
+    """Per-class scores and the confusion matrix of the saved model."""
+    test = result.seeds[0].test
+    names = result.label_names or []
+    lines = ["", f"Per class, saved model (seed {result.seeds[0].seed}):", "",
+             "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for label, m in test["per_class"].items():
+        lines.append(f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | "
+                     f"{m['support']} |")
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
+              "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, row in zip(names, test["confusion_matrix"], strict=True):
+        lines.append(f"| **{label}** | " + " | ".join(str(x) for x in row) + " |")
+    return lines
