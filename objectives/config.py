@@ -40,6 +40,9 @@ class TrainConfig:
         "help": "auto: bf16 on GPUs of compute capability >= 8.0, fp16 with a gradient scaler "
         "on older GPUs, bf16 on CPUs with AVX512-BF16/AMX, else fp32; or fp32, bf16, fp16"})
     eval_batch_size: int = field(default=128, metadata={"help": "examples per evaluation batch"})
+    micro_batch_size: int | None = field(default=None, metadata={
+        "help": "examples per forward pass: a larger batch_size accumulates the gradients of "
+        "several (memory stays bounded; steps still count examples); null: the whole batch"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping; 0: none"})
     prefix_cache_mb: int = field(default=1024, metadata={
         "help": "memory for frozen-layer outputs kept across trials (MiB, on the device); 0: none"})
@@ -66,6 +69,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.micro_batch_size is not None and (
+                isinstance(self.micro_batch_size, bool) or not isinstance(self.micro_batch_size, int)
+                or self.micro_batch_size < 1):
+            raise ValueError(f"micro_batch_size must be an integer >= 1 or null, got {self.micro_batch_size!r}")
         if (isinstance(self.max_grad_norm, bool) or not isinstance(self.max_grad_norm, int | float)
                 or self.max_grad_norm < 0):
             raise ValueError(f"max_grad_norm must be a number >= 0, got {self.max_grad_norm!r}")

@@ -90,6 +90,13 @@ class TrainParams:
         None, optional=True,
         help="comma-separated module names for LoRA (e.g. 'query,value'), 'all-linear', or "
         "null: peft's default for the model type")
+    unfreeze_every: int = hp(0, low=0, high=1000, integer=True,
+                             help="gradual unfreezing: start with the top layer trainable and "
+                             "unfreeze one more layer every this many evaluations, down to "
+                             "freeze_layers; 0: off")
+    layer_decay: float = hp(1.0, low=0.0, high=1.0, low_open=True,
+                            help="layer-wise learning-rate decay: each layer below the top gets "
+                            "the rate of the layer above times this (embeddings one more); 1: off")
 
     # Hyperparameters whose value is the model's business (checked against its structure).
     MODEL_CHECKED: ClassVar[tuple[str, ...]] = ("freeze_layers", "target_modules")

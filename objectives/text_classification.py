@@ -107,7 +107,8 @@ class TextClassificationTask:
     def lengths(self, split: str) -> np.ndarray:
         return self.res.encoded[split].lengths
 
-    def collate(self, examples: Sequence[tuple[np.ndarray, int]], device: str) -> Batch:
+    def collate(self, examples: Sequence[tuple[np.ndarray, int]], device: str,
+                rng: np.random.Generator | None = None) -> Batch:
         import torch
 
         from objectives.core import Batch

@@ -38,10 +38,10 @@ def test_memory_returns_to_baseline_after_every_trial(
 
     original = core._optimizer
 
-    def oom_at_64(model: Any, params: Any) -> Any:
+    def oom_at_64(model: Any, params: Any, *rest: Any) -> Any:
         if params.batch_size == 64:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
-        return original(model, params)
+        return original(model, params, *rest)
 
     monkeypatch.setattr(core, "_optimizer", oom_at_64)
     space = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},

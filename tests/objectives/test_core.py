@@ -104,10 +104,10 @@ def test_out_of_memory_names_the_batch_size_device_and_peak(task: Any,
 
     original = core._optimizer
 
-    def oom_at_64(model: Any, params: TrainParams) -> Any:
+    def oom_at_64(model: Any, params: TrainParams, *rest: Any) -> Any:
         if params.batch_size == 64:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 79.00 GiB")
-        return original(model, params)
+        return original(model, params, *rest)
 
     monkeypatch.setattr(core, "_optimizer", oom_at_64)
     with pytest.raises(OutOfMemory, match=r"^out of memory at batch_size=64 on cpu, peak \d+\.\d GiB$") as err:
@@ -139,3 +139,95 @@ def test_the_record_round_trips_through_user_attrs() -> None:
     worker = WorkerRecord.from_attrs({"worker": {"id": "w1"}, "fail_reason": "OutOfMemory: x",
                                       "infeasible": "out of memory", "wall_seconds": 3})
     assert worker.worker_id == "w1" and worker.wall_seconds == 3.0 and worker.infeasible
+
+
+def test_micro_batches_accumulate_to_the_same_run(task: Any, tmp_path: Path) -> None:
+    """batch_size 16 in micro-batches of 4: the same steps and validation losses as one forward
+    pass per batch (without dropout, whose masks depend on the pass's shape)."""
+    import dataclasses
+
+    from objectives.text_classification import TextClassificationTask
+
+    params = TrainParams.from_params({"batch_size": 16, "learning_rate": 1e-3, "dropout": 0.0})
+    whole = train(params, task).record
+    micro_task = TextClassificationTask(dataclasses.replace(task.config, micro_batch_size=4), task.res)
+    micro = train(params, micro_task).record
+    assert [p.step for p in micro.history] == [p.step for p in whole.history]
+    for a, b in zip(micro.history, whole.history, strict=True):
+        assert a.metrics["val_loss"] == pytest.approx(b.metrics["val_loss"], abs=1e-5)
+
+
+def test_layer_wise_learning_rate_decay(task: Any) -> None:
+    from objectives.core import _fresh_model
+    from objectives.core import _optimizer
+    from objectives.structure import find_structure
+
+    model, _ = _fresh_model(task, 0, lora=False)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    structure = find_structure(model)
+    params = TrainParams.from_params({"learning_rate": 1e-3, "layer_decay": 0.5, "weight_decay": 0.01})
+    optimizer = _optimizer(model, params, structure)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    layers = structure.layers
+    assert lr_of[id(layers[1].attention.self.query.weight)] == pytest.approx(1e-3)  # the top
+    assert lr_of[id(layers[0].attention.self.query.weight)] == pytest.approx(5e-4)
+    assert lr_of[id(structure.pre[0].word_embeddings.weight)] == pytest.approx(2.5e-4)
+    assert lr_of[id(model.classifier.weight)] == pytest.approx(1e-3)  # the head
+    assert decay_of[id(layers[0].attention.self.query.bias)] == 0.0  # no decay on biases
+    assert decay_of[id(layers[0].attention.self.query.weight)] == 0.01
+    # Off (1.0): one rate for all.
+    plain = _optimizer(model, TrainParams.from_params({"learning_rate": 1e-3}), structure)
+    assert {g["lr"] for g in plain.param_groups} == {1e-3}
+
+
+def test_gradual_unfreezing(task: Any) -> None:
+    """unfreeze_every: 1 on a 2-layer model: the top layer trains first, then (after the first
+    evaluation) the bottom one and the embeddings; with the fast paths, the cached outputs of
+    the frozen bottom feed the run while it is frozen, with the same numbers as without."""
+    base = task.base_model.base_model
+    gradual = TrainParams.from_params({"batch_size": 8, "learning_rate": 1e-3, "unfreeze_every": 1})
+    never = TrainParams.from_params({"batch_size": 8, "learning_rate": 1e-3, "unfreeze_every": 100})
+    fast = train(gradual, task, keep_model=True)
+    plain = train(gradual, task, fast_paths=False)
+    assert fast.record.prefix_cached and not plain.record.prefix_cached
+    for a, b in zip(fast.record.history, plain.record.history, strict=True):
+        assert a.metrics["val_loss"] == pytest.approx(b.metrics["val_loss"], abs=1e-5)
+    held = train(never, task, keep_model=True)
+    for result, moved in ((fast, True), (held, False)):
+        mine = result.model.base_model
+        for a, b in ((mine.encoder.layer[0].output.dense.weight, base.encoder.layer[0].output.dense.weight),
+                     (mine.embeddings.word_embeddings.weight, base.embeddings.word_embeddings.weight)):
+            assert (not torch.equal(a, b)) is moved
+        assert not torch.equal(mine.encoder.layer[1].output.dense.weight,
+                               base.encoder.layer[1].output.dense.weight)  # the top always trains
+    assert fast.record.trainable_params == held.record.trainable_params  # all of it, eventually
+
+
+def test_augmentation_draws_from_each_batchs_seed_and_skips_the_prefix_cache(task: Any) -> None:
+    """A task that augments its training batches gets a generator seeded by the batch (None in
+    evaluation): the same draws in two runs; the frozen prefix is not cached (its inputs vary)."""
+    from objectives.text_classification import TextClassificationTask
+
+    draws: list[tuple[bool, float | None]] = []
+
+    class Augmenting(TextClassificationTask):
+        def augments(self, params: TrainParams) -> bool:
+            return True
+
+        def collate(self, examples: Any, device: str, rng: Any = None) -> Any:
+            draws.append((rng is None, None if rng is None else float(rng.random())))
+            return super().collate(examples, device, rng)
+
+    aug = Augmenting(task.config, task.res)
+    params = TrainParams.from_params({"batch_size": 8, "freeze_layers": 1})
+    first = train(params, aug).record
+    runs = [list(draws)]
+    draws.clear()
+    train(params, aug)
+    runs.append(list(draws))
+    assert runs[0] == runs[1]
+    assert any(none for none, _ in runs[0]) and any(not none for none, _ in runs[0])
+    assert len({v for none, v in runs[0] if not none}) > 1  # a fresh seed per batch
+    assert first.prefix_cached is False
