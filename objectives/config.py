@@ -53,6 +53,10 @@ class TrainConfig:
         "retried trial resumes from it. null: no checkpoints"})
     deterministic: bool = field(default=False, metadata={
         "help": "torch deterministic algorithms (slower)"})
+    cv_folds: int | None = field(default=None, metadata={
+        "help": "score each configuration as the mean over k folds of train + validation "
+        "(stratified for classification), trained in lockstep; the test split stays out. "
+        "k times the compute; null: one validation split"})
 
     # The metrics a task reports, and their natural direction; tasks set it.
     METRICS: ClassVar[dict[str, str]] = {"val_loss": "minimize"}
@@ -81,6 +85,10 @@ class TrainConfig:
             raise ValueError(f"prefix_cache_mb must be an integer >= 0, got {self.prefix_cache_mb!r}")
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError(f"model must be a name, directory or hub id, got {self.model!r}")
+        if self.cv_folds is not None and (
+                isinstance(self.cv_folds, bool) or not isinstance(self.cv_folds, int)
+                or not 2 <= self.cv_folds <= 20):
+            raise ValueError(f"cv_folds must be an integer in [2, 20] or null, got {self.cv_folds!r}")
         if not isinstance(self.deterministic, bool):
             raise ValueError(f"deterministic must be true or false, got {self.deterministic!r}")
 

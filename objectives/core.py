@@ -25,6 +25,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
+from collections.abc import Generator
 from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from objectives.structure import ModelStructure
 
 __all__ = ["Batch", "NonFiniteLoss", "OutOfMemory", "Task", "TrainError", "TrainResult",
-           "plan_segments", "train"]
+           "plan_segments", "train", "train_folds"]
 
 _MEGA_BATCHES = 16  # length grouping: sort this many batches' worth of examples by length
 
@@ -179,6 +180,69 @@ def train(
         OutOfMemory: the device ran out of memory (what the run held is released first).
     """
 
+    device, precision, meter, record = _setup(task)
+    steps = _steps(params, task, device, precision, distributed.current(), record, meter,
+                   on_restored=on_eval, on_start=on_start, resume=resume, checkpoint=checkpoint,
+                   stop_at=stop_at, train_on=train_on, keep_model=keep_model,
+                   fast_paths=fast_paths)
+    return _guarded(lambda: _drive([steps], on_eval)[0], params, device, meter, record)
+
+
+def train_folds(
+    params: TrainParams,
+    tasks: Sequence[Task],
+    *,
+    on_eval: Callable[[EvalPoint], bool] | None = None,
+    on_start: Callable[[TrialRecord], None] | None = None,
+    fast_paths: bool = True,
+) -> TrainResult:
+    """Train one configuration on k folds in lockstep (``cv_folds``): at each fidelity step every
+    fold's model has seen the same number of its training examples, and ``on_eval`` gets the
+    mean of the folds' validation metrics there (so pruning compares running means at equal
+    examples seen). The record is the folds' mean curve; ``folds`` says how many there were.
+
+    Raises:
+        NonFiniteLoss, OutOfMemory: as :func:`train`, for any fold.
+    """
+    setups = [_setup(task) for task in tasks]
+    steps = [
+        _steps(params, task, device, precision, distributed.current(), record, meter,
+               on_restored=None, on_start=on_start if i == 0 else None, resume=None,
+               checkpoint=None, stop_at=None, train_on="train", keep_model=False,
+               fast_paths=fast_paths)
+        for i, (task, (device, precision, meter, record)) in enumerate(zip(tasks, setups, strict=True))
+    ]
+    device, _, meter, first = setups[0]
+    combined = TrialRecord(device=first.device, device_name=first.device_name,
+                           precision=first.precision, world_size=first.world_size,
+                           examples_seen=0, train_seconds=0.0, prefix_seconds=0.0,
+                           folds=len(tasks))
+
+    def drive() -> TrainResult:
+        results = _drive(steps, on_eval, combined)
+        records = [r.record for r in results]
+        combined.planned_examples = records[0].planned_examples
+        combined.trainable_params = records[0].trainable_params
+        combined.total_params = records[0].total_params
+        combined.prefix_cached = records[0].prefix_cached
+        combined.train_seconds = sum(r.train_seconds or 0.0 for r in records)
+        combined.prefix_seconds = sum(r.prefix_seconds or 0.0 for r in records)
+        combined.trial_seconds = sum(r.trial_seconds or 0.0 for r in records)
+        tokens = [r.tokens_seen for r in records if r.tokens_seen]
+        combined.tokens_seen = sum(tokens) if tokens else None
+        peaks = [r.peak_memory_mb for r in records if r.peak_memory_mb is not None]
+        combined.peak_memory_mb = max(peaks) if peaks else None
+        cfg = tasks[0].config
+        best = combined.best_point(cfg.metric, cfg.minimize)
+        combined.best_step = best.step if best is not None else None
+        return TrainResult(record=combined, value=best.metrics[cfg.metric] if best else None,
+                           stopped=results[0].stopped)
+
+    return _guarded(drive, params, device, meter, combined)
+
+
+def _setup(task: Task) -> tuple[str, Precision, MemoryMeter, TrialRecord]:
+    """The device, precision and memory meter of a run, decided once, and its empty record."""
     cfg = task.config
     ctx = distributed.current()
     device = distributed.rank_device(ctx, cfg.device) if ctx.active else resolve_device(cfg.device)
@@ -188,10 +252,64 @@ def train(
     record = TrialRecord(device=device, device_name=device_name(device), precision=precision.name,
                          world_size=ctx.world_size if ctx.active else None, examples_seen=0,
                          train_seconds=0.0, prefix_seconds=0.0)
+    return device, precision, meter, record
+
+
+def _drive(steps: list[Any], on_eval: Callable[[EvalPoint], bool] | None,
+           combined: TrialRecord | None = None) -> list[TrainResult]:
+    """Run the runs ``steps`` (generators of evaluation points) in lockstep; at each step the
+    one point (or, for several runs, their mean, appended to ``combined``) goes to ``on_eval``
+    on rank 0, and its answer (stop or go on) to every run on every rank."""
+    ctx = distributed.current()
+    device = combined.device if combined is not None else None
+    states: dict[int, Any] = {}  # each run's own random stream (dropout), across the switches
+
+    def advance(i: int, stop: bool | None) -> EvalPoint:
+        if len(steps) > 1 and i in states:
+            _set_rng_states(states[i], device or "cpu")
+        try:
+            return next(steps[i]) if stop is None else steps[i].send(stop)
+        finally:
+            if len(steps) > 1:
+                states[i] = _rng_states(device or "cpu")
+
+    points = [advance(i, None) for i in range(len(steps))]
+    while True:
+        point = points[0] if len(points) == 1 else _mean(points)
+        if combined is not None:
+            combined.history.append(point)
+            combined.examples_seen, combined.tokens_seen = point.step, point.tokens
+        stop = bool(on_eval(point)) if on_eval is not None and ctx.is_main else False
+        stop = bool(distributed.broadcast(stop, ctx))
+        results: list[TrainResult] = []
+        points = []
+        for i in range(len(steps)):
+            try:
+                points.append(advance(i, stop))
+            except StopIteration as done:
+                results.append(done.value)
+        if results:
+            if points:  # a fold ended before the others: close them (same plan, so rare)
+                for s in steps:
+                    s.close()
+            return results
+
+
+def _mean(points: list[EvalPoint]) -> EvalPoint:
+    """The folds' mean metrics at a step (the first fold's step: folds differ by a row or so)."""
+    keys = set.intersection(*(set(p.metrics) for p in points))
+    tokens = [p.tokens for p in points if p.tokens]
+    return EvalPoint(step=points[0].step,
+                     metrics={k: float(np.mean([p.metrics[k] for p in points])) for k in sorted(keys)},
+                     seconds=sum(p.seconds for p in points), tokens=sum(tokens) if tokens else None)
+
+
+def _guarded(run: Callable[[], TrainResult], params: TrainParams, device: str,
+             meter: MemoryMeter, record: TrialRecord) -> TrainResult:
+    """``run()``, with running out of memory turned into :class:`OutOfMemory` once everything
+    the run held is released."""
     try:
-        return _train(params, task, device, precision, ctx, record, meter, on_eval=on_eval,
-                      on_start=on_start, resume=resume, checkpoint=checkpoint, stop_at=stop_at, train_on=train_on,
-                      keep_model=keep_model, fast_paths=fast_paths)
+        return run()
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
@@ -206,7 +324,7 @@ def train(
     )
 
 
-def _train(
+def _steps(
     params: TrainParams,
     task: Task,
     device: str,
@@ -215,7 +333,7 @@ def _train(
     record: TrialRecord,
     meter: MemoryMeter,
     *,
-    on_eval: Callable[[EvalPoint], bool] | None,
+    on_restored: Callable[[EvalPoint], bool] | None,
     on_start: Callable[[TrialRecord], None] | None,
     resume: Path | None,
     checkpoint: Path | None,
@@ -223,7 +341,9 @@ def _train(
     train_on: str,
     keep_model: bool,
     fast_paths: bool,
-) -> TrainResult:
+) -> Generator[EvalPoint, bool, TrainResult]:
+    """One run, top to bottom: yields each evaluation and is sent back whether to stop there;
+    returns the result (see :func:`train`)."""
     import torch
 
     from objectives.checkpoints import load_checkpoint
@@ -302,8 +422,8 @@ def _train(
             record.resumed_from = {"trial": trial_number(resume), "step": seen}
             _set_rng_states(rng_states, device)
             for point in record.history:
-                if on_eval is not None and ctx.is_main:
-                    on_eval(point)
+                if on_restored is not None and ctx.is_main:
+                    on_restored(point)
 
     # The frozen bottom now (all layers but the top one, with gradual unfreezing), and its
     # outputs computed once (or taken from the cache).
@@ -382,8 +502,7 @@ def _train(
                               tokens=tokens or None)
             record.history.append(point)
             record.examples_seen, record.tokens_seen = seen, tokens or None
-            stop = bool(on_eval(point)) if on_eval is not None and ctx.is_main else False
-            stop = bool(distributed.broadcast(stop, ctx))
+            stop = bool((yield point))
             if checkpoint is not None and ctx.is_main and seg_index + 1 < len(segments):
                 save_checkpoint(
                     checkpoint,

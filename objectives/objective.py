@@ -49,6 +49,7 @@ def run_trial(trial: optuna.Trial, params: TrainParams, task: Task, *,
     from objectives.checkpoints import find_checkpoint
     from objectives.core import TrainError
     from objectives.core import train
+    from objectives.core import train_folds
 
     cfg = task.config
     study = trial.study.study_name
@@ -67,8 +68,12 @@ def run_trial(trial: optuna.Trial, params: TrainParams, task: Task, *,
         _write(trial, record)
 
     try:
-        result = train(params, task, on_eval=on_eval, on_start=on_start, resume=resume_from,
-                       checkpoint=checkpoint)
+        if cfg.cv_folds:  # the mean over folds, in lockstep (a retried trial starts over)
+            result = train_folds(params, task.folds(cfg.cv_folds), on_eval=on_eval,
+                                 on_start=on_start)
+        else:
+            result = train(params, task, on_eval=on_eval, on_start=on_start, resume=resume_from,
+                           checkpoint=checkpoint)
     except TrainError as exc:
         _write(trial, exc.record)
         _drop(checkpoint)

@@ -85,6 +85,7 @@ class TrialRecord:
     device: str | None = None  # cpu, cuda:0, ...
     device_name: str | None = None  # the GPU's or CPU's name
     world_size: int | None = None  # data-parallel ranks (None or 1: one device)
+    folds: int | None = None  # cross-validation folds trained per step (None: one split)
     precision: str | None = None  # fp32, bf16, fp16 (resolved)
     peak_memory_mb: float | None = None
     prefix_cached: bool | None = None

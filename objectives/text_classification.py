@@ -96,6 +96,21 @@ class TextClassificationTask:
         return FastPaths(self.base_model, self.structure,
                          (batch.inputs, np.array([len(ids) for ids, _ in probe])))
 
+    def folds(self, k: int) -> list[TextClassificationTask]:
+        """``k`` stratified folds of train + validation (seeded): fold ``j`` trains on the other
+        folds and validates on fold ``j``. The test split stays out."""
+        from sklearn.model_selection import StratifiedKFold
+
+        pool = [*self.examples("train"), *self.examples("validation")]
+        labels = np.array([label for _, label in pool])
+        n_min = int(np.bincount(labels).min()) if len(labels) else 0
+        if n_min < k:
+            raise ValueError(f"cv_folds: {k} folds need at least {k} examples of every class in "
+                             f"train + validation; the rarest class has {n_min}")
+        split = StratifiedKFold(n_splits=k, shuffle=True, random_state=self.config.seed)
+        return [_Fold(self, pool, train_idx, val_idx, j)
+                for j, (train_idx, val_idx) in enumerate(split.split(np.zeros(len(pool)), labels))]
+
     def examples(self, split: str) -> Sequence[tuple[np.ndarray, int]]:
         """``(token ids, label)`` per example (built once per worker and split)."""
         cache = self.res.extra.setdefault("examples", {})
@@ -153,6 +168,25 @@ class TextClassificationTask:
             "val_accuracy": float(np.mean(pred == label)) if len(label) else 0.0,
             "val_f1": macro_f1(label, pred, self.n_classes),
         }
+
+
+class _Fold(TextClassificationTask):
+    """One cross-validation fold: a view of its task's train + validation examples."""
+
+    def __init__(self, task: TextClassificationTask, pool: list[tuple[np.ndarray, int]],
+                 train_idx: np.ndarray, val_idx: np.ndarray, j: int) -> None:
+        super().__init__(task.config, task.res)
+        self.key = (*task.key, "fold", len(pool), int(j))  # its own frozen-prefix cache entries
+        self._split = {"train": [pool[i] for i in train_idx],
+                       "validation": [pool[i] for i in val_idx]}
+
+    def examples(self, split: str) -> Sequence[tuple[np.ndarray, int]]:
+        return self._split[split] if split in self._split else super().examples(split)
+
+    def lengths(self, split: str) -> np.ndarray:
+        if split not in self._split:
+            return super().lengths(split)
+        return np.array([len(ids) for ids, _ in self._split[split]], dtype=np.int64)
 
 
 def task_for(cfg: TextClassificationConfig, device: str | None = None) -> TextClassificationTask:

@@ -231,3 +231,36 @@ def test_augmentation_draws_from_each_batchs_seed_and_skips_the_prefix_cache(tas
     assert any(none for none, _ in runs[0]) and any(not none for none, _ in runs[0])
     assert len({v for none, v in runs[0] if not none}) > 1  # a fresh seed per batch
     assert first.prefix_cached is False
+
+
+def test_cross_validation_scores_the_mean_over_folds_in_lockstep(task: Any) -> None:
+    """cv_folds: 3: three models, one per fold of train + validation (stratified, the test split
+    left out), evaluated at the same examples seen; on_eval gets their mean; a stop stops all."""
+    import dataclasses
+
+    from objectives.core import train_folds
+    from objectives.text_classification import TextClassificationTask
+
+    cv = TextClassificationTask(dataclasses.replace(task.config, cv_folds=3), task.res)
+    folds = cv.folds(3)
+    pool = len(task.examples("train")) + len(task.examples("validation"))
+    assert sum(len(f.examples("validation")) for f in folds) == pool
+    for f in folds:  # each fold validates on its own rows and trains on the others
+        assert len(f.examples("train")) + len(f.examples("validation")) == pool
+        assert {id(x) for x in f.examples("train")}.isdisjoint(id(x) for x in f.examples("validation"))
+        labels = [y for _, y in f.examples("validation")]
+        assert abs(labels.count(0) - labels.count(1)) <= 1  # stratified
+    test_ids = {id(x) for x in task.examples("test")}
+    assert all(test_ids.isdisjoint(id(x) for x in f.examples("train")) for f in folds)
+
+    seen: list[EvalPoint] = []
+    singles = [train(PARAMS, f).record for f in folds]
+    result = train_folds(PARAMS, folds, on_eval=lambda p: seen.append(p) or len(seen) == 3)
+    assert result.stopped and len(seen) == 3 and result.record.folds == 3
+    for i, point in enumerate(seen):
+        mean = sum(r.history[i].metrics["val_loss"] for r in singles) / 3
+        assert point.metrics["val_loss"] == pytest.approx(mean, abs=1e-6)
+        assert point.step == singles[0].history[i].step
+    assert result.value == pytest.approx(min(p.metrics["val_loss"] for p in seen))
+    with pytest.raises(ValueError, match="cv_folds: 40 folds need at least 40 examples of every class"):
+        cv.folds(40)
