@@ -440,7 +440,7 @@ def set_heartbeat(storage: Any, settings: StorageSettings) -> None:
 
 
 def build_storage(
-    url: str, settings: StorageSettings | None = None
+    url: str, settings: StorageSettings | None = None, *, create: bool = False
 ) -> optuna.storages.BaseStorage:
     """Build the optuna storage for ``url``.
 
@@ -449,16 +449,20 @@ def build_storage(
             ``mysql+pymysql://user:pw@host/db``, ``journal:///path.log`` (optuna's journal file)
             or ``inmemory`` (one process; tests).
         settings: heartbeat, retry and reconnection settings.
+        create: whether a missing SQLite or journal file may be created (``hpo run``,
+            ``hpo create``). False for commands that only read or join a study: a mistyped
+            path is then an error instead of a new, empty database.
 
     Returns:
         An optuna storage; RDB storages come with heartbeats and stale-trial retries.
 
     Raises:
-        StorageError: if the URL is malformed, its driver is missing or the database is
-            unreachable. The message never contains the password.
+        StorageError: if the URL is malformed, its driver is missing, the database is
+            unreachable, or (without ``create``) its SQLite or journal file does not exist.
+            The message never contains the password.
 
     Example:
-        >>> storage = build_storage("sqlite:///studies.db")
+        >>> storage = build_storage("sqlite:///studies.db", create=True)
     """
     import optuna
 
@@ -468,7 +472,9 @@ def build_storage(
     if url.startswith("journal:///"):
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:///") :]))
+        journal = Path(url[len("journal:///") :])
+        _check_file(journal, url, create, "journal file")
+        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
     dialect = _dialect(url)
     if "://" not in url or dialect not in ("sqlite", "postgresql", "mysql", "mariadb"):
         raise StorageError(
@@ -485,10 +491,7 @@ def build_storage(
         }
     path = sqlite_path(url)
     if path is not None:
-        if path.parent and not path.parent.exists():
-            raise StorageError(
-                f"storage {redact_url(url)!r}: directory {str(path.parent)!r} does not exist"
-            )
+        _check_file(path, url, create, "SQLite database")
         _warn_network_fs(path)
     cls = retrying_rdb_class()
     last: Exception | None = None
@@ -524,6 +527,22 @@ def build_storage(
     raise StorageError(
         f"cannot open storage {redact_url(url)!r}: {redact_text(detail[0], url)}"
     ) from None
+
+
+def _check_file(path: Path, url: str, create: bool, kind: str) -> None:
+    """The file of an SQLite or journal storage must exist, unless it may be created here."""
+    if path.is_dir():
+        raise StorageError(f"storage {redact_url(url)!r}: {path} is a directory, not a {kind}")
+    if path.exists():
+        return
+    if not create:
+        raise StorageError(
+            f"no {kind} at {path}: check --storage (`hpo run` and `hpo create` make a new one)"
+        )
+    if path.parent and not path.parent.exists():
+        raise StorageError(
+            f"storage {redact_url(url)!r}: directory {str(path.parent)!r} does not exist"
+        )
 
 
 def _is_schema_race(exc: BaseException) -> bool:

@@ -146,7 +146,7 @@ def create_study(cfg: StudyConfig, *, exist_ok: bool = True) -> optuna.Study:
     build_sampler(cfg.sampler, cfg.seed, space)  # their options: ConfigError before any write
     build_pruner(cfg.pruner)
     prepared = _prepare(cfg, spec)
-    storage = build_storage(cfg.storage, cfg.storage_settings)
+    storage = build_storage(cfg.storage, cfg.storage_settings, create=True)
     config_dict = json.loads(json.dumps(cfg.to_dict()))
     existing = _find_study(storage, cfg.study)
     if existing is not None:
@@ -201,9 +201,10 @@ def _find_study(storage: Any, name: str) -> optuna.Study | None:
 
 
 def open_study(url: str, name: str, settings: StorageSettings | None = None) -> optuna.Study:
-    """Load an existing study.
+    """Load an existing study. A missing SQLite or journal file is an error, never created.
 
     Raises:
+        StorageError: the storage cannot be opened, or its file does not exist.
         StudyNotFoundError: no study of that name (the message lists the existing ones).
     """
     import optuna

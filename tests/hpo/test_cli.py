@@ -296,6 +296,25 @@ def test_unknown_study_lists_the_existing_ones(tmp_path: Path) -> None:
     assert "no study named 'nope'" in result.stderr and "(studies: toy)" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["studies"], ["trials", "--study", "s"], ["best", "--study", "s"],
+     ["report", "--study", "s", "-o", "r.html"], ["worker", "--study", "s"],
+     ["export", "--study", "s", "-o", "model"], ["delete-study", "--study", "s", "--yes"]],
+    ids=lambda c: c[0],
+)
+def test_read_commands_on_a_mistyped_sqlite_path_create_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, [*command, "--storage", "sqlite:///typo.db"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        "Error: no SQLite database at typo.db: check --storage (`hpo run` and `hpo create` make "
+        "a new one)"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_delete_study(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'toy.db'}"
     assert invoke("run", "--config", str(toy_config(tmp_path))).exit_code == 0

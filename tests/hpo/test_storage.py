@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @contextlib.contextmanager
 def opened(url: str, settings: StorageSettings | None = None) -> Iterator[Any]:
-    storage = build_storage(url, settings)
+    storage = build_storage(url, settings, create=True)
     try:
         yield storage
     finally:
@@ -111,7 +111,23 @@ def test_cli_never_prints_the_password(tmp_path: Path) -> None:
 )
 def test_bad_urls(url: str, match: str) -> None:
     with pytest.raises(StorageError, match=match):
-        build_storage(url)
+        build_storage(url, create=True)
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "journal"])
+def test_a_missing_file_is_created_only_when_asked(tmp_path: Path, scheme: str) -> None:
+    """Commands that read a study (trials, report, worker...) on a mistyped path must not
+    leave a new, empty database behind; `hpo run` and `hpo create` make one."""
+    path = tmp_path / "typo.db"
+    kind = "SQLite database" if scheme == "sqlite" else "journal file"
+    with pytest.raises(StorageError, match=f"^no {kind} at {path}: check --storage"):
+        build_storage(f"{scheme}:///{path}")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(StorageError, match=f"{tmp_path} is a directory, not a {kind}"):
+        build_storage(f"{scheme}:///{tmp_path}", create=True)
+    with opened(f"{scheme}:///{path}"):
+        assert path.exists()
+    build_storage(f"{scheme}:///{path}")  # it exists now
 
 
 # --- SQLite ---------------------------------------------------------------------------------
