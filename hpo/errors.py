@@ -15,6 +15,7 @@ __all__ = [
     "StorageError",
     "DataMismatchError",
     "StudyConfigConflictError",
+    "StorageLostError",
 ]
 
 
@@ -48,3 +49,7 @@ class DataMismatchError(HPOInputError):
 
 class StudyConfigConflictError(HPOInputError):
     """Raised when a study exists with a config different from the one given."""
+
+
+class StorageLostError(HPOError):
+    """Raised when a storage's SQLite file is deleted or replaced while a process uses it."""

@@ -11,8 +11,9 @@ SQLite is the embedded default for one machine; PostgreSQL (psycopg 3) and MySQL
   a RUNNING trial that never got a heartbeat (its worker died between creating it and the first
   heartbeat) is treated as stale too, once it has been seen so for ``grace_period`` seconds;
 - serializes optuna's schema creation, which races when several workers start on a new database;
-- puts SQLite files in WAL mode with a busy timeout, and warns when one lives on a network
-  filesystem;
+- puts SQLite files in WAL mode with a busy timeout, warns when one lives on a network
+  filesystem, and fails (exit 1) instead of losing results when the file is deleted or
+  replaced while in use;
 - writes what every trial writes (reports, new user attrs, heartbeats) in one statement each
   instead of optuna's transaction of several queries, and counts trials in one query
   (:func:`trial_counts`): storage round trips per trial stay few at thousands of trials (the
@@ -508,6 +509,8 @@ def build_storage(
                 )
             if dialect == "sqlite":
                 _sqlite_synchronous_normal(storage.engine)
+                if path is not None:
+                    storage.watch_file(str(path))
             else:
                 _ping_idle_connections(storage.engine)
             return storage  # type: ignore[no-any-return]

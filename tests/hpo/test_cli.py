@@ -288,6 +288,33 @@ def test_unreachable_storage_is_one_line_with_the_password_redacted(tmp_path: Pa
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_sqlite_file_deleted_during_a_run_is_an_error_not_a_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Results lost silently was the worst outcome: the run must fail, with one line."""
+    import dataclasses
+
+    from objectives import OBJECTIVES
+
+    db = tmp_path / "toy.db"
+    toy = OBJECTIVES["toy"]
+
+    def deleting(trial: optuna.Trial, params: dict, cfg: object) -> float:
+        if trial.number == 1:
+            db.unlink()
+        return toy.fn(trial, params, cfg)
+
+    monkeypatch.setitem(OBJECTIVES, "toy", dataclasses.replace(toy, fn=deleting))
+    result = CliRunner().invoke(cli, ["run", "--config", str(toy_config(tmp_path))])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("trial   0 complete")  # told before the file went away
+    assert lines[1:] == [
+        f"Error: the SQLite file {db} was deleted or replaced during the run; results of this "
+        "run could not be stored"]
+    assert "best trial" not in result.stdout
+
+
 def test_unknown_study_lists_the_existing_ones(tmp_path: Path) -> None:
     assert invoke("run", "--config", str(toy_config(tmp_path))).exit_code == 0
     result = CliRunner().invoke(cli, ["trials", "--storage", f"sqlite:///{tmp_path / 'toy.db'}",

@@ -22,6 +22,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.errors import StorageError
+from hpo.errors import StorageLostError
 from hpo.storage import _RETRIED_METHODS
 from hpo.storage import RetryStaleTrialCallback
 from hpo.storage import StorageSettings
@@ -149,6 +150,28 @@ def test_sqlite_is_wal_with_busy_timeout_and_heartbeats(tmp_path: Path) -> None:
     with opened(f"sqlite:///{path}") as storage, rdb_backend(storage).engine.connect() as conn:
         # WAL's own advice: no fsync per commit; a killed process still loses nothing.
         assert conn.execute(sqlalchemy.text("PRAGMA synchronous")).scalar() == 1
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_sqlite_file_deleted_or_replaced_in_use_is_an_error(tmp_path: Path, how: str) -> None:
+    """SQLite's open connections go on writing to a deleted file: trials would be told complete
+    and be gone. Every later call fails instead, saying why."""
+    path = tmp_path / "s.db"
+    with opened(f"sqlite:///{path}", StorageSettings(heartbeat_interval=0)) as storage:
+        study = optuna.create_study(storage=storage, study_name="s")
+        trial = study.ask()
+        if how == "deleted":
+            path.unlink()
+        else:
+            other = tmp_path / "other.db"
+            sqlite3.connect(other).close()
+            other.replace(path)
+        message = (f"^the SQLite file {path} was deleted or replaced during the run; results of "
+                   "this run could not be stored$")
+        with pytest.raises(StorageLostError, match=message):
+            study.tell(trial, 1.0)
+        with pytest.raises(StorageLostError, match=message):
+            study.ask()
 
 
 def test_heartbeats_can_be_disabled(tmp_path: Path) -> None:
