@@ -29,6 +29,7 @@ from typing import Any
 from typing import TypeVar
 
 from hpo.errors import StorageLostError
+from hpo.redact import redact_any
 
 if TYPE_CHECKING:
     import optuna
@@ -96,7 +97,7 @@ def retrying(
                 _LOG.warning(
                     "storage unreachable (%s: %s); retrying in %.1f s",
                     type(cause).__name__,
-                    detail[0][:200] if detail else "",
+                    redact_any(detail[0])[:200] if detail else "",
                     delay,
                 )
                 time.sleep(delay)

@@ -29,7 +29,6 @@ import copy
 import fcntl
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -48,6 +47,8 @@ from hpo.rdb import rdb_backend
 from hpo.rdb import retrying
 from hpo.rdb import retrying_rdb_class
 from hpo.rdb import trial_counts
+from hpo.redact import redact_text
+from hpo.redact import redact_url
 
 if TYPE_CHECKING:
     import optuna
@@ -70,8 +71,6 @@ __all__ = [
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
 _LOG = logging.getLogger("hpo")
-# The userinfo of a URL up to its last "@": a password may itself contain "@" or ":".
-_PASSWORD_RE = re.compile(r"(://[^:/@\s]*:)\S*@")
 # Filesystems on which SQLite's locking is unreliable (several machines see one file).
 _NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "lustre", "gpfs",
                "beegfs", "ceph", "fuse.ceph", "glusterfs", "fuse.glusterfs", "afs", "fuse.s3fs")
@@ -86,29 +85,6 @@ class StorageSettings:
     grace_period: int = 60  # seconds without a heartbeat after which a running trial is failed
     max_retry: int = 3  # times a trial whose worker died is enqueued again (0: never)
     db_retry_seconds: float = 300.0  # keep retrying a lost database connection this long
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***``.
-
-    Example:
-        >>> redact_url("postgresql+psycopg://bob:s3cret@db:5432/hpo")
-        'postgresql+psycopg://bob:***@db:5432/hpo'
-    """
-    return _PASSWORD_RE.sub(r"\1***@", url)
-
-
-def redact_text(text: str, url: str) -> str:
-    """Remove the password of ``url`` (and any URL-shaped password) from ``text``."""
-    password = _password(url)
-    if password:
-        text = text.replace(password, "***")
-    return _PASSWORD_RE.sub(r"\1***@", text)
-
-
-def _password(url: str) -> str | None:
-    match = re.search(r"://[^:/@\s]*:(\S*)@", url)
-    return match.group(1) if match and match.group(1) else None
 
 
 def sqlite_path(url: str) -> Path | None:

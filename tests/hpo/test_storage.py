@@ -82,6 +82,89 @@ def test_redact_text_removes_the_password_anywhere() -> None:
     assert "s3cret" not in redact_text(text, url)
 
 
+# Storage URLs with a password in every form a user may write one, and the parts of it that
+# must never be printed. The servers are unreachable (port 1) or the URL is malformed.
+SECRET_URLS = {
+    "userinfo": ("postgresql+psycopg://bob:Zq9sEcret@127.0.0.1:1/hpo", ["Zq9sEcret"]),
+    "query": ("postgresql+psycopg://bob@127.0.0.1:1/hpo?password=Zq9sEcret", ["Zq9sEcret"]),
+    "query, any case": ("postgresql+psycopg://bob@127.0.0.1:1/hpo?sslmode=disable&PassWord=Zq9sEcret",
+                        ["Zq9sEcret"]),
+    "passwd": ("mysql+pymysql://root@127.0.0.1:1/test?passwd=Zq9sEcret", ["Zq9sEcret"]),
+    "pwd": ("mysql+pymysql://root@127.0.0.1:1/test?PWD=Zq9sEcret", ["Zq9sEcret"]),
+    "both": ("postgresql+psycopg://bob:Zq9sEcret@127.0.0.1:1/hpo?password=Xy7oTher",
+             ["Zq9sEcret", "Xy7oTher"]),
+    "unescaped @": ("postgresql+psycopg://bob:Zq9s@Ecret@127.0.0.1:1/hpo", ["Zq9s", "Ecret"]),
+    "unescaped @ and :": ("mysql+pymysql://root:Zq9s:Ec@ret@127.0.0.1:1/test", ["Zq9s", "Ec@ret"]),
+    "slash and ?": ("postgresql+psycopg://bob:Zq9/sE?cret@127.0.0.1:1/hpo", ["Zq9/sE", "sE?cret"]),
+    "percent-encoded": ("postgresql+psycopg://bob:Zq9%40sEcret@127.0.0.1:1/hpo",
+                        ["Zq9%40sEcret", "Zq9@sEcret"]),
+    "bad port": ("postgresql+psycopg://bob:Zq9sEcret@127.0.0.1:port/hpo", ["Zq9sEcret"]),
+    "space": ("postgresql+psycopg://bob:Zq9 sEcret@127.0.0.1:1/hpo", ["Zq9 sEcret"]),
+    "no colon after the scheme": ("postgresql+psycopg//bob:Zq9sEcret@127.0.0.1/hpo", ["Zq9sEcret"]),
+    "unknown dialect": ("postgres://bob:Zq9sEcret@127.0.0.1:1/hpo", ["Zq9sEcret"]),
+    "unknown driver": ("mysql+nodriver://bob:Zq9sEcret@127.0.0.1:1/hpo", ["Zq9sEcret"]),
+    "bad IPv6 host": ("postgresql+psycopg://bob:Zq9sEcret@[::1/hpo", ["Zq9sEcret"]),
+    "redis": ("redis://:Zq9sEcret@127.0.0.1:6379/0", ["Zq9sEcret"]),
+}
+
+
+@pytest.mark.filterwarnings("ignore:'passwd' is deprecated")
+@pytest.mark.parametrize("case", list(SECRET_URLS))
+def test_no_password_form_is_ever_printed(case: str) -> None:
+    """redact_url and every line of a failing `hpo studies` (also -v, and --debug's traceback)
+    hide the password, whatever form it takes in the URL."""
+    import traceback
+
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    url, secrets = SECRET_URLS[case]
+    shown = redact_url(url)
+    assert not [s for s in secrets if s in shown], shown
+    assert "***" in shown
+    for flags in ([], ["-v"], ["--debug"]):
+        result = CliRunner().invoke(cli, [*flags, "studies", "--storage", url])
+        assert result.exit_code != 0
+        output = result.output
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            output += "".join(traceback.format_exception(result.exception))
+        assert not [s for s in secrets if s in output], output
+        if not flags:
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert "Traceback" not in output
+
+
+@pytest.mark.server
+def test_report_and_commands_hide_a_query_password(tmp_path: Path) -> None:
+    """A real study on PostgreSQL (trust auth ignores the password): the report's Storage row
+    and the commands' output show the URL without its `?password=`."""
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    url = server_url("postgresql") + "?password=Zq9sEcret"
+    name = unique_name("redact")
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump({
+        "study": name, "objective": "toy", "sampler": "random", "pruner": "none", "n_trials": 2,
+        "search_space": str(ROOT / "search_spaces" / "toy.yaml")}))
+    try:
+        runs = [CliRunner().invoke(cli, ["run", "--config", str(config), "--storage", url])]
+        report = tmp_path / "r.html"
+        runs.append(CliRunner().invoke(cli, ["report", "--storage", url, "--study", name,
+                                             "-o", str(report)]))
+        runs.append(CliRunner().invoke(cli, ["trials", "--storage", url, "--study", "nope"]))
+        assert [r.exit_code for r in runs] == [0, 0, 2], [r.output for r in runs]
+        assert "?password=***" in runs[2].stderr
+        html = report.read_text()
+        assert "?password=***" in html
+        for text in [html, *(r.output for r in runs)]:
+            assert "Zq9sEcret" not in text
+    finally:
+        delete_study(server_url("postgresql"), name)
+
+
 def test_unreachable_server_fails_fast_without_password() -> None:
     url = "postgresql+psycopg://bob:s3cret@127.0.0.1:1/hpo"
     t0 = time.monotonic()
