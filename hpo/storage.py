@@ -497,8 +497,8 @@ def build_storage(
             ) from None
         except Exception as exc:  # the storage's own errors wrap the driver's
             last = exc
-            if is_connection_error(exc) and not _is_schema_race(exc):
-                break
+            if not _is_schema_race(exc):
+                break  # unreachable, a bad URL or port, a file that is no database: say so now
             # A table-creation race with a process that is not hpo loses once, then finds the
             # tables (hpo's own processes are serialized by schema_lock).
             time.sleep(0.2 * (attempt + 1))

@@ -187,6 +187,25 @@ def test_cli_never_prints_the_password(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("url", "match"),
+    [("postgresql+psycopg://bob@127.0.0.1:port/hpo", "invalid literal for int"),
+     ("mysql+nodriver://bob@127.0.0.1/hpo", "Can't load plugin"),
+     ("sqlite:///TMP/notes.txt", "file is not a database")],
+)
+def test_a_bad_url_or_file_fails_at_once(url: str, match: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a schema-creation race is worth another attempt: other errors are reported at once
+    (they used to be tried five times, three seconds of waiting for the same error)."""
+    sleeps: list[float] = []
+    monkeypatch.setattr("hpo.storage.time.sleep", sleeps.append)
+    (tmp_path / "notes.txt").write_text("not a database, but long enough to be read as one\n" * 20)
+    url = url.replace("TMP", str(tmp_path))
+    with pytest.raises(StorageError, match=f"^cannot open storage .*{match}"):
+        build_storage(url)
+    assert sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
     [
         ("redis://localhost", "unsupported storage URL"),
         ("studies.db", "unsupported storage URL"),
