@@ -134,7 +134,6 @@ def create_study(cfg: StudyConfig, *, exist_ok: bool = True) -> optuna.Study:
         ConfigError, SearchSpaceError: bad input; nothing is written.
         StudyConfigConflictError: the study exists with another config, space or data.
     """
-    import optuna
 
     from hpo.samplers import build_pruner
     from hpo.samplers import build_sampler
@@ -148,47 +147,105 @@ def create_study(cfg: StudyConfig, *, exist_ok: bool = True) -> optuna.Study:
     prepared = _prepare(cfg, spec)
     storage = build_storage(cfg.storage, cfg.storage_settings, create=True)
     config_dict = json.loads(json.dumps(cfg.to_dict()))
-    existing = _find_study(storage, cfg.study)
-    if existing is not None:
-        attrs = existing.user_attrs
-        if "hpo_config" not in attrs:
-            raise StudyConfigConflictError(
-                f"study {cfg.study!r} exists in {redact_url(cfg.storage)} but was not created "
-                "by hpo; choose another study name"
-            )
-        changed = _diff(_comparable(attrs["hpo_config"], exist_ok),
-                        _comparable(config_dict, exist_ok))
-        if json.dumps(attrs.get("search_space"), sort_keys=True) != json.dumps(space.raw, sort_keys=True):
-            changed.append("search space")
-        if attrs.get("data_fingerprint") != prepared["data_fingerprint"]:
-            changed.append("data (fingerprint)")
-        if changed:
-            hint = ("use a new study name, or the same config to resume it" if exist_ok else
-                    "use a new study name, or `hpo run` to resume it with a new budget")
-            raise StudyConfigConflictError(
-                f"study {cfg.study!r} exists with a different {', '.join(changed)}; {hint}"
-            )
-        if not exist_ok:
-            return existing
-        # Budget, sampler and pruner may change on resume; workers read them from the study.
-        resumed = {**attrs["hpo_config"], **{k: config_dict[k] for k in _RESUMABLE_KEYS if k in config_dict}}
-        if resumed != attrs["hpo_config"]:
-            existing.set_user_attr("hpo_config", resumed)
+    # One creator at a time per study name: another `hpo run` of the same study never sees it
+    # half-made (created, its hpo config not stored yet).
+    with shared_lock(storage, cfg.storage, f"hpo-create:{cfg.study}"):
+        existing = _find_study(storage, cfg.study)
+        if existing is not None and _half_made(existing):
+            _take_over_half_made(existing, storage, cfg)
+            existing = None
+        if existing is None:
+            return _new_study(storage, cfg, space, prepared, config_dict)
+        return _resume(existing, cfg, space, prepared, config_dict, exist_ok)
+
+
+def _resume(
+    existing: optuna.Study,
+    cfg: StudyConfig,
+    space: SearchSpace,
+    prepared: dict[str, Any],
+    config_dict: dict[str, Any],
+    exist_ok: bool,
+) -> optuna.Study:
+    """The existing study of ``cfg``, after checking that it is the same study."""
+    attrs = existing.user_attrs
+    if "hpo_config" not in attrs:
+        raise StudyConfigConflictError(
+            f"study {cfg.study!r} exists in {redact_url(cfg.storage)} but was not created "
+            "by hpo; choose another study name"
+        )
+    changed = _diff(_comparable(attrs["hpo_config"], exist_ok),
+                    _comparable(config_dict, exist_ok))
+    if json.dumps(attrs.get("search_space"), sort_keys=True) != json.dumps(space.raw, sort_keys=True):
+        changed.append("search space")
+    if attrs.get("data_fingerprint") != prepared["data_fingerprint"]:
+        changed.append("data (fingerprint)")
+    if changed:
+        hint = ("use a new study name, or the same config to resume it" if exist_ok else
+                "use a new study name, or `hpo run` to resume it with a new budget")
+        raise StudyConfigConflictError(
+            f"study {cfg.study!r} exists with a different {', '.join(changed)}; {hint}"
+        )
+    if not exist_ok:
         return existing
+    # Budget, sampler and pruner may change on resume; workers read them from the study.
+    resumed = {**attrs["hpo_config"], **{k: config_dict[k] for k in _RESUMABLE_KEYS if k in config_dict}}
+    if resumed != attrs["hpo_config"]:
+        existing.set_user_attr("hpo_config", resumed)
+    return existing
+
+
+def _new_study(
+    storage: Any,
+    cfg: StudyConfig,
+    space: SearchSpace,
+    prepared: dict[str, Any],
+    config_dict: dict[str, Any],
+) -> optuna.Study:
+    """Create the study and store what a worker needs; an interrupted creation leaves nothing."""
+    import optuna
+
     study = optuna.create_study(
-        study_name=cfg.study,
-        storage=storage,
-        direction=cfg.direction,
-        load_if_exists=True,  # another worker may create it at the same moment
+        study_name=cfg.study, storage=storage, direction=cfg.direction, load_if_exists=True
     )
-    if "hpo_config" not in study.user_attrs:
-        study.set_user_attr("search_space", space.raw)
-        study.set_user_attr("data_fingerprint", prepared["data_fingerprint"])
-        study.set_user_attr("data", prepared["data"])
-        study.set_user_attr("versions", versions())
-        study.set_user_attr("created_at", _now())
-        study.set_user_attr("hpo_config", config_dict)  # last: its presence means "complete"
+    try:
+        _store_attrs(study, space, prepared, config_dict)
+    except BaseException:
+        # Ctrl-C (or a lost database) between creating the study and storing its config: a
+        # study without its config would be refused by every later run. Remove it if it is
+        # still empty; if that fails too, the next run takes it over (_take_over_half_made).
+        with contextlib.suppress(Exception):
+            if "hpo_config" not in study.user_attrs and not study.get_trials(deepcopy=False):
+                optuna.delete_study(study_name=cfg.study, storage=storage)
+        raise
     return study
+
+
+def _store_attrs(
+    study: optuna.Study, space: SearchSpace, prepared: dict[str, Any], config_dict: dict[str, Any]
+) -> None:
+    study.set_user_attr("search_space", space.raw)
+    study.set_user_attr("data_fingerprint", prepared["data_fingerprint"])
+    study.set_user_attr("data", prepared["data"])
+    study.set_user_attr("versions", versions())
+    study.set_user_attr("created_at", _now())
+    study.set_user_attr("hpo_config", config_dict)  # last: its presence means "complete"
+
+
+def _half_made(study: optuna.Study) -> bool:
+    """A study whose creation stopped before its config was stored: no config, no trials."""
+    return "hpo_config" not in study.user_attrs and not study.get_trials(deepcopy=False)
+
+
+def _take_over_half_made(study: optuna.Study, storage: Any, cfg: StudyConfig) -> None:
+    """Make a half-made study ready for :func:`_new_study`, which stores its config: keep it
+    when its direction is ``cfg``'s, else delete it (it holds no trial) to create it anew."""
+    import optuna
+
+    _LOG.warning("study %r has no stored config and no trials (its creation was interrupted?): "
+                 "creating it again", cfg.study)
+    if study.direction.name.lower() != cfg.direction:
+        optuna.delete_study(study_name=cfg.study, storage=storage)
 
 
 def _find_study(storage: Any, name: str) -> optuna.Study | None:

@@ -315,6 +315,58 @@ def test_sqlite_file_deleted_during_a_run_is_an_error_not_a_success(
     assert "best trial" not in result.stdout
 
 
+@pytest.mark.parametrize("cleanup", ["works", "fails"])
+def test_ctrl_c_while_creating_the_study_does_not_block_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cleanup: str
+) -> None:
+    """Ctrl-C after optuna created the study but before its hpo config was stored: the study
+    is removed again, or (when that is impossible) the next run takes the empty study over;
+    it used to be refused by every later run as 'not created by hpo'."""
+    url = f"sqlite:///{tmp_path / 'toy.db'}"
+    config = toy_config(tmp_path)
+
+    def interrupted() -> dict[str, str]:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("hpo.study.versions", interrupted)
+        if cleanup == "fails":
+            m.setattr("optuna.delete_study", lambda **kwargs: 1 / 0)
+        result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code != 0 and isinstance(result.exception, (KeyboardInterrupt, SystemExit))
+    names = optuna.get_all_study_names(url)
+    assert names == ([] if cleanup == "works" else ["toy"])
+    result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="toy", storage=url)
+    assert study.user_attrs["hpo_config"]["n_trials"] == 4 and len(study.trials) == 4
+
+
+@pytest.mark.parametrize("command", ["run", "create"])
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_a_half_made_study_is_completed_or_made_again(
+    tmp_path: Path, command: str, direction: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A study left without its hpo config and without trials (a creation killed half-way) is
+    taken over by the next `hpo run`/`hpo create` of that name, whatever its direction."""
+    url = f"sqlite:///{tmp_path / 'toy.db'}"
+    half = optuna.create_study(study_name="toy", storage=url, direction=direction)
+    half.set_user_attr("search_space", {"x": "left over"})
+    result = CliRunner().invoke(cli, [command, "--config", str(toy_config(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "has no stored config and no trials" in caplog.text
+    study = optuna.load_study(study_name="toy", storage=url)
+    assert study.direction.name == "MINIMIZE"  # the toy objective's
+    assert study.user_attrs["hpo_config"]["objective"] == "toy"
+    assert study.user_attrs["search_space"] != {"x": "left over"}
+    assert len(study.trials) == (4 if command == "run" else 0)
+    # A study that is not hpo's and has trials is still refused.
+    other = optuna.create_study(study_name="foreign", storage=url)
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    result = CliRunner().invoke(cli, ["run", "--config", str(toy_config(tmp_path, study="foreign"))])
+    assert result.exit_code == 2 and "was not created by hpo" in result.stderr
+
+
 def test_unknown_study_lists_the_existing_ones(tmp_path: Path) -> None:
     assert invoke("run", "--config", str(toy_config(tmp_path))).exit_code == 0
     result = CliRunner().invoke(cli, ["trials", "--storage", f"sqlite:///{tmp_path / 'toy.db'}",
