@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from typing import Literal
 
+from hpo._yaml import read_yaml
 from hpo.errors import ConfigError
 from hpo.storage import DEFAULT_STORAGE
 from hpo.storage import StorageSettings
@@ -239,24 +240,14 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> St
     config file's directory, then hpo's own checkout (``search_spaces/default.yaml`` works anywhere).
 
     Raises:
-        ConfigError: the file is missing or malformed, or a key is invalid.
+        ConfigError: the file is missing, unreadable, not UTF-8 or not valid YAML, or a key
+            is invalid.
 
     Example:
         >>> cfg = load_config("examples/demo.yaml", {"n_trials": 4})
     """
-    import yaml
-
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    raw = read_yaml(path, "config", ConfigError)
     if raw is None:
         raise ConfigError(f"{path}: the config is empty")
     if isinstance(raw, dict) and isinstance(raw.get("search_space"), str):

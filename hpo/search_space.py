@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+from hpo._yaml import read_yaml
 from hpo.errors import SearchSpaceError
 
 if TYPE_CHECKING:
@@ -285,24 +286,14 @@ def load_search_space(path: str | Path) -> SearchSpace:
     """Load and validate a search-space YAML file.
 
     Raises:
-        SearchSpaceError: the file is missing, is not YAML, or has an invalid entry.
+        SearchSpaceError: the file is missing, unreadable, not UTF-8 or not YAML, or has an
+            invalid entry.
 
     Example:
         >>> space = load_search_space("search_spaces/default.yaml")
         >>> sorted(space.distributions())[:2]
         ['batch_size', 'dropout']
     """
-    import yaml
-
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SearchSpaceError(f"{path}: cannot read the search space ({exc.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SearchSpaceError(f"{path}: not valid YAML{where}") from None
+    raw = read_yaml(path, "search space", SearchSpaceError)
     return search_space_from_dict(raw, str(path))
