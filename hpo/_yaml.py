@@ -1,4 +1,9 @@
-"""Read a config or search-space YAML file: one clear input error for any bad file."""
+"""Read a config or search-space YAML file: one clear input error for any bad file.
+
+Both files are plain data: anchors and aliases (``&a`` / ``*a``) are refused at the first
+alias. A few nested aliases ("billion laughs") expand to billions of values, which hpo then
+walked, copied and printed for minutes before failing.
+"""
 
 from __future__ import annotations
 
@@ -42,8 +47,33 @@ def read_yaml(path: Path, what: str, error: type[HPOInputError]) -> Any:
             "save it as UTF-8"
         ) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_loader())  # noqa: S506 (a SafeLoader without aliases)
+    except _AliasError as exc:
+        raise error(
+            f"{path}: line {exc.line}: YAML aliases (*{exc.anchor}) are not allowed in the {what}; "
+            "write the values out"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise error(f"{path}: not valid YAML{where}") from None
+
+
+class _AliasError(Exception):
+    def __init__(self, anchor: str, line: int) -> None:
+        super().__init__(anchor, line)
+        self.anchor, self.line = anchor, line
+
+
+def _loader() -> type:
+    """yaml.SafeLoader that stops at the first alias, before anything is expanded."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise _AliasError(event.anchor, event.start_mark.line + 1)
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader

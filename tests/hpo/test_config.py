@@ -139,3 +139,25 @@ def test_a_directory_or_fifo_as_config_is_one_error(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match=r"cannot read the config \(it is not a regular file\)$"):
         load_config(fifo)  # returns at once: a FIFO is never opened
+
+
+LAUGHS = "".join(
+    [f'{chr(97 + i)}: &{chr(97 + i)} [{", ".join([f"*{chr(96 + i)}"] * 9)}]\n' for i in range(1, 10)]
+)
+
+
+@pytest.mark.parametrize("what", ["config", "search space"])
+def test_nested_yaml_aliases_are_refused_before_they_expand(tmp_path: Path, what: str) -> None:
+    """'Billion laughs': 9 levels of 9 aliases each are 387 million strings once expanded; the
+    load stops at the first alias instead (it used to run for a minute, then fail)."""
+    from hpo.errors import SearchSpaceError
+    from hpo.search_space import load_search_space
+
+    path = tmp_path / "laughs.yaml"
+    path.write_text('study: s\nsearch_space: x.yaml\nlol: &a "lol"\n' + LAUGHS)
+    load, error = (load_config, ConfigError) if what == "config" else (load_search_space,
+                                                                        SearchSpaceError)
+    with pytest.raises(error) as info:
+        load(path)
+    assert str(info.value) == (f"{path}: line 4: YAML aliases (*a) are not allowed in the {what}; "
+                               "write the values out")
