@@ -16,6 +16,7 @@ __all__ = [
     "DataMismatchError",
     "StudyConfigConflictError",
     "StorageLostError",
+    "ReportError",
 ]
 
 
@@ -53,3 +54,7 @@ class StudyConfigConflictError(HPOInputError):
 
 class StorageLostError(HPOError):
     """Raised when a storage's SQLite file is deleted or replaced while a process uses it."""
+
+
+class ReportError(HPOError):
+    """Raised when a report file cannot be written (a read-only directory, a full disk)."""

@@ -367,6 +367,32 @@ def test_a_half_made_study_is_completed_or_made_again(
     assert result.exit_code == 2 and "was not created by hpo" in result.stderr
 
 
+@pytest.mark.parametrize("fault", ["not a directory", "disk full"])
+def test_a_report_that_cannot_be_written_is_one_line_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    import errno
+    import types
+
+    assert invoke("run", "--config", str(toy_config(tmp_path, n_trials=1))).exit_code == 0
+    out = tmp_path / "r.html"
+    if fault == "not a directory":
+        (tmp_path / "plain").write_text("a file, not a directory")
+        out = tmp_path / "plain" / "r.html"
+        reason = f"{tmp_path / 'plain'} is not a directory"
+    else:
+        def full(**kwargs: object) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr("hpo.report._page.tempfile", types.SimpleNamespace(mkstemp=full))
+        reason = "No space left on device"
+    result = CliRunner().invoke(cli, ["report", "--storage", f"sqlite:///{tmp_path / 'toy.db'}",
+                                      "--study", "toy", "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [f"Error: cannot write the report {out}: {reason}"]
+    assert not out.exists()
+
+
 def test_unknown_study_lists_the_existing_ones(tmp_path: Path) -> None:
     assert invoke("run", "--config", str(toy_config(tmp_path))).exit_code == 0
     result = CliRunner().invoke(cli, ["trials", "--storage", f"sqlite:///{tmp_path / 'toy.db'}",
