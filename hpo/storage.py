@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -451,7 +452,17 @@ def build_storage(
 
         journal = Path(url[len("journal:///") :])
         _check_file(journal, url, create, "journal file")
-        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        not_journal = f"{journal} is not an optuna journal file"
+        hint = "give a journal written by optuna or hpo, or the name of a new file"
+        if journal.exists() and not _journal_head_ok(journal):
+            raise StorageError(f"{not_journal} (its first line is not a journal record); {hint}")
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        except Exception as exc:  # optuna replays every record: any bad one lands here
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise StorageError(
+                f"{not_journal} ({type(exc).__name__}: {reason}); {hint}"
+            ) from None
     dialect = _dialect(url)
     if "://" not in url or dialect not in ("sqlite", "postgresql", "mysql", "mariadb"):
         raise StorageError(
@@ -513,6 +524,8 @@ def _check_file(path: Path, url: str, create: bool, kind: str) -> None:
     if path.is_dir():
         raise StorageError(f"storage {redact_url(url)!r}: {path} is a directory, not a {kind}")
     if path.exists():
+        if not path.is_file():  # a FIFO or a device: opening it could block or do harm
+            raise StorageError(f"storage {redact_url(url)!r}: {path} is not a regular file")
         return
     if not create:
         raise StorageError(
@@ -522,6 +535,19 @@ def _check_file(path: Path, url: str, create: bool, kind: str) -> None:
         raise StorageError(
             f"storage {redact_url(url)!r}: directory {str(path.parent)!r} does not exist"
         )
+
+
+def _journal_head_ok(path: Path) -> bool:
+    """Whether the first line of ``path`` (if any) is an optuna journal record."""
+    with open(path, "rb") as f:
+        head = f.readline(1 << 20)
+    if not head:
+        return True  # an empty file is a new journal
+    try:
+        record = json.loads(head)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "op_code" in record
 
 
 def _is_schema_race(exc: BaseException) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -231,6 +233,44 @@ def test_a_missing_file_is_created_only_when_asked(tmp_path: Path, scheme: str) 
     with opened(f"{scheme}:///{path}"):
         assert path.exists()
     build_storage(f"{scheme}:///{path}")  # it exists now
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"hello\n", "its first line is not a journal record"),
+     (b"text,label\nfine,1\n", "its first line is not a journal record"),
+     (b'{"a": 1}\n', "its first line is not a journal record"),
+     (b"SQLite format 3\x00\x10\x00\x01\x01", "its first line is not a journal record"),
+     (b'{"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]}\nnot json\n{}\n',
+      "JSONDecodeError")],
+    ids=["word", "csv", "json", "sqlite", "bad record"],
+)
+def test_a_journal_url_on_a_file_that_is_not_a_journal(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    path = tmp_path / "j.log"
+    path.write_bytes(content)
+    message = f"{path} is not an optuna journal file ({reason}"
+    with pytest.raises(StorageError, match=re.escape(message)):
+        build_storage(f"journal:///{path}", create=True)
+    result = CliRunner().invoke(cli, ["studies", "--storage", f"journal:///{path}"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {message}") and line.endswith(
+        "give a journal written by optuna or hpo, or the name of a new file")
+    assert path.read_bytes() == content
+
+
+def test_a_fifo_as_storage_file_is_refused_without_opening_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "s.db"
+    os.mkfifo(fifo)
+    for url in (f"sqlite:///{fifo}", f"journal:///{fifo}"):
+        with pytest.raises(StorageError, match=f"{fifo} is not a regular file$"):
+            build_storage(url, create=True)
 
 
 # --- SQLite ---------------------------------------------------------------------------------
