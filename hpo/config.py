@@ -20,12 +20,14 @@ from hpo.storage import DEFAULT_STORAGE
 from hpo.storage import StorageSettings
 
 __all__ = [
+    "MAX_STUDY_NAME",
     "PRUNERS",
     "SAMPLERS",
     "STUDY_KEYS",
     "PrunerConfig",
     "SamplerConfig",
     "StudyConfig",
+    "check_study_name",
     "config_from_dict",
     "load_config",
 ]
@@ -50,6 +52,8 @@ STUDY_KEYS = (
 )
 # Shared by both sides: the study uses them too, and the objective gets them.
 SHARED_KEYS = ("metric", "seed")
+# optuna's studies.study_name column is VARCHAR(512) (MAX_INDEXED_STRING_LENGTH).
+MAX_STUDY_NAME = 512
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,18 @@ def _positive_int(source: str, key: str, value: Any, allow_none: bool = True) ->
     return value
 
 
+def check_study_name(name: str, where: str = "--study") -> None:
+    """Refuse a study name longer than the storage's column, before anything is written.
+
+    Raises:
+        ConfigError: ``WHERE: study name is N characters; at most 512``.
+    """
+    if len(name) > MAX_STUDY_NAME:
+        raise ConfigError(
+            f"{where}: study name is {len(name)} characters; at most {MAX_STUDY_NAME}"
+        )
+
+
 def config_from_dict(
     raw: dict[str, Any], source: str = "<config>", overrides: dict[str, Any] | None = None
 ) -> StudyConfig:
@@ -169,6 +185,7 @@ def config_from_dict(
     study = data.get("study")
     if not isinstance(study, str) or not study.strip():
         raise ConfigError(f"{source}: study: expected a study name, got {study!r}")
+    check_study_name(study, f"{source}: study")
     metric = data.get("metric", next(iter(spec.metrics)) if spec.metrics else "value")
     natural = spec.metrics.get(metric)
     if spec.metrics and natural is None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from hpo.config import StudyConfig
+from hpo.config import check_study_name
 from hpo.config import config_from_dict
 from hpo.errors import ConfigError
 from hpo.errors import DataMismatchError
@@ -261,12 +262,14 @@ def open_study(url: str, name: str, settings: StorageSettings | None = None) -> 
     """Load an existing study. A missing SQLite or journal file is an error, never created.
 
     Raises:
+        ConfigError: the name is longer than any stored study name can be.
         StorageError: the storage cannot be opened, or its file does not exist.
         StudyNotFoundError: no study of that name (the message lists the existing ones).
     """
     import optuna
 
     _quiet_optuna()
+    check_study_name(name)
     storage = build_storage(url, settings)
     try:
         return optuna.load_study(study_name=name, storage=storage)

@@ -273,6 +273,36 @@ def test_a_fifo_as_storage_file_is_refused_without_opening_it(tmp_path: Path) ->
             build_storage(url, create=True)
 
 
+@pytest.mark.server
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mysql"])
+def test_a_study_name_longer_than_the_column_is_one_line(tmp_path: Path, kind: str) -> None:
+    """optuna's studies.study_name is VARCHAR(512): a longer name is refused before anything
+    is written (PostgreSQL and MariaDB used to fail mid-creation with a traceback)."""
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    url = backend_url(kind, tmp_path)
+    name = "x" * 600
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump({
+        "study": name, "objective": "toy", "sampler": "random", "pruner": "none", "n_trials": 1,
+        "search_space": str(ROOT / "search_spaces" / "toy.yaml")}))
+    for args, where, n in ((["create", "--config", str(config)], f"{config}: study", 600),
+                           (["run", "--config", str(config), "--study", name + "y"],
+                            f"{config}: study", 601),
+                           (["trials", "--study", name], "--study", 600),
+                           (["worker", "--study", name], "--study", 600)):
+        result = CliRunner().invoke(cli, [*args, "--storage", url])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip().splitlines() == [
+            f"Error: {where}: study name is {n} characters; at most 512"]
+    if kind == "sqlite":
+        assert not (tmp_path / "studies.db").exists()
+    else:
+        assert not [s for s in optuna.get_all_study_names(url) if s.startswith("xxx")]
+
+
 # --- SQLite ---------------------------------------------------------------------------------
 
 
