@@ -285,7 +285,8 @@ def stored_config(study: optuna.Study, storage_url: str) -> tuple[StudyConfig, S
     """Rebuild the config and search space a worker needs from the study itself.
 
     Raises:
-        ConfigError: the study was not created by hpo.
+        ConfigError: the study was not created by hpo, or its stored config or search space
+            is not a mapping or not valid.
     """
     attrs = study.user_attrs
     if "hpo_config" not in attrs or "search_space" not in attrs:
@@ -293,6 +294,13 @@ def stored_config(study: optuna.Study, storage_url: str) -> tuple[StudyConfig, S
             f"study {study.study_name!r} has no stored hpo config; create it with "
             "`hpo create --config FILE` or `hpo run --config FILE`"
         )
+    for key in ("hpo_config", "search_space"):
+        if not isinstance(attrs[key], dict):
+            raise ConfigError(
+                f"study {study.study_name!r}: its stored {key} is a {type(attrs[key]).__name__}, "
+                "not a mapping (was the study made or edited by another tool?); create the "
+                "study anew with `hpo run --config FILE` under another name"
+            )
     cfg = config_from_dict(
         {**attrs["hpo_config"], "storage": storage_url}, f"study {study.study_name!r}"
     )

@@ -393,6 +393,27 @@ def test_a_report_that_cannot_be_written_is_one_line_exit_1(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", [["worker"], ["export", "-o", "model"]], ids=lambda c: c[0])
+@pytest.mark.parametrize(("key", "value"), [("hpo_config", "a string"), ("hpo_config", [1, 2]),
+                                            ("hpo_config", 3), ("search_space", ["x"])])
+def test_a_stored_config_that_is_not_a_mapping_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], key: str, value: object
+) -> None:
+    """A study whose hpo_config (or search_space) user attr was set by another tool to a
+    string or list: hpo worker / hpo export used to end in 'TypeError: not a mapping'."""
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'toy.db'}"
+    assert invoke("create", "--config", str(toy_config(tmp_path))).exit_code == 0
+    optuna.load_study(study_name="toy", storage=url).set_user_attr(key, value)
+    result = CliRunner().invoke(cli, [*command, "--storage", url, "--study", "toy"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"Error: study 'toy': its stored {key} is a {type(value).__name__}, not a mapping (was "
+        "the study made or edited by another tool?); create the study anew with `hpo run "
+        "--config FILE` under another name"]
+    assert not (tmp_path / "model").exists()
+
+
 def test_unknown_study_lists_the_existing_ones(tmp_path: Path) -> None:
     assert invoke("run", "--config", str(toy_config(tmp_path))).exit_code == 0
     result = CliRunner().invoke(cli, ["trials", "--storage", f"sqlite:///{tmp_path / 'toy.db'}",
