@@ -137,6 +137,23 @@ def _number(source: str, name: str, key: str, value: Any, kind: str) -> float | 
     return float(value)
 
 
+def _check_step(source: str, name: str, low: float, high: float, step: float) -> None:
+    """optuna silently moves ``high`` down to the last multiple of ``step``: refuse instead.
+
+    Decimal arithmetic on the numbers as written, so ``low: 0.1, high: 0.3, step: 0.1`` holds.
+    """
+    from decimal import Decimal
+
+    lo, hi, st = (Decimal(str(v)) for v in (low, high, step))
+    if (hi - lo) % st == 0:
+        return
+    below = lo + (hi - lo) // st * st
+    raise SearchSpaceError(
+        f"{source}: {name}: `(high - low)` must be a multiple of `step`, but got low={low}, "
+        f"high={high}, step={step} (e.g. high={below} or high={below + st})"
+    )
+
+
 def _distribution(source: str, name: str, entry: dict[str, Any]) -> BaseDistribution:
     from optuna.distributions import CategoricalDistribution
     from optuna.distributions import FloatDistribution
@@ -174,6 +191,8 @@ def _distribution(source: str, name: str, entry: dict[str, Any]) -> BaseDistribu
             raise SearchSpaceError(
                 f"{source}: {name}: `low <= high` must hold, but got low={low}, high={high}"
             )
+        if step is not None and step > 0:
+            _check_step(source, name, low, high, step)
         if kind == "float":
             return FloatDistribution(low, high, log=log, step=step)
         return IntDistribution(int(low), int(high), log=log, step=int(step or 1))

@@ -84,6 +84,12 @@ def test_conditional_entries_are_sampled_only_when_enabled() -> None:
          "a.condition: cyclic conditions a -> b -> a"),
         ("- a\n- b", "expected a mapping of parameter name to entry, got list"),
         ("lr: {type: float, low: 0.1, high: [oops", "not valid YAML at line 2"),
+        ("n: {type: int, low: 1, high: 10, step: 4}",
+         "n: `(high - low)` must be a multiple of `step`, but got low=1, high=10, step=4 "
+         "(e.g. high=9 or high=13)"),
+        ("x: {type: float, low: 0.0, high: 1.0, step: 0.3}",
+         "x: `(high - low)` must be a multiple of `step`, but got low=0.0, high=1.0, step=0.3 "
+         "(e.g. high=0.9 or high=1.2)"),
     ],
 )
 def test_bad_entries_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -92,6 +98,16 @@ def test_bad_entries_name_the_file_and_key(tmp_path: Path, text: str, message: s
     with pytest.raises(SearchSpaceError) as info:
         load_search_space(path)
     assert str(info.value) == f"{path}: {message}"
+
+
+def test_steps_that_divide_the_range_are_kept() -> None:
+    space = search_space_from_dict({
+        "n": {"type": "int", "low": 1, "high": 13, "step": 4},
+        "x": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1},  # inexact in binary
+        "m": {"type": "int", "low": 2, "high": 2, "step": 3},
+    })
+    d = space.distributions()
+    assert (d["n"].high, d["n"].step, d["x"].high, d["x"].step, d["m"].high) == (13, 4, 0.3, 0.1, 2)
 
 
 def test_missing_file(tmp_path: Path) -> None:
