@@ -38,6 +38,17 @@ _KEYS = {
 }
 # YAML 1.1 reads `1e-5` (no dot) as a string; accept it as the number people meant.
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# Of those, the strings YAML never reads as numbers itself: with an exponent (`1e-5`, `1.0e5`).
+# A choice or condition value written so is the number; a plain "8" is a string only when
+# quoted on purpose.
+_EXPONENT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _yaml_number(value: Any) -> Any:
+    """``value``, or the float it means when it is a string like ``1e-5``."""
+    if isinstance(value, str) and _EXPONENT_RE.match(value.strip()):
+        return float(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,7 @@ class SearchSpace:
         for p in self.params:
             d = p.distribution
             if p.name in overrides:
-                grid[p.name] = list(overrides[p.name])
+                grid[p.name] = [_yaml_number(v) for v in overrides[p.name]]
             elif isinstance(d, CategoricalDistribution):
                 grid[p.name] = list(d.choices)
             elif isinstance(d, IntDistribution) and not d.log and (d.high - d.low) // d.step < 50:
@@ -167,6 +178,7 @@ def _distribution(source: str, name: str, entry: dict[str, Any]) -> BaseDistribu
                 raise SearchSpaceError(
                     f"{source}: {name}.choices: expected a non-empty list, got {choices!r}"
                 )
+            choices = [_yaml_number(c) for c in choices]
             for c in choices:
                 if c is not None and not isinstance(c, bool | int | float | str):
                     raise SearchSpaceError(
@@ -217,7 +229,7 @@ def _condition(
     if parent == name:
         raise SearchSpaceError(f"{source}: {name}.condition: a parameter cannot depend on itself")
     values = tuple(values) if isinstance(values, list) else (values,)
-    return str(parent), values
+    return str(parent), tuple(_yaml_number(v) for v in values)
 
 
 def _order(source: str, params: dict[str, Param]) -> tuple[Param, ...]:
