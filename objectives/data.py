@@ -348,6 +348,7 @@ def _load(cfg: DatasetConfig, seed: int, fingerprint: str) -> Splits:
         raw_texts, raw_labels = _read_file(cfg.path, cfg.text_column, cfg.label_column)
         source = {"path": cfg.path}
         where = f"dataset file {cfg.path!r}"
+        _check_class_labels(raw_labels, where, cfg.label_column)
     texts, keys, n_dropped = _clean(raw_texts, raw_labels)
     label_names = _sort_labels(set(keys))
     _check_labels(label_names, where, cfg.label_column)
@@ -376,7 +377,9 @@ def _load_pre_split(cfg: DatasetConfig, seed: int, fingerprint: str) -> Splits:
     n_dropped = 0
     for split, key in zip(_SPLITS, _SPLIT_PATH_KEYS, strict=True):
         path = getattr(cfg, key)
-        texts, keys, dropped = _clean(*_read_file(path, cfg.text_column, cfg.label_column))
+        raw_texts, raw_labels = _read_file(path, cfg.text_column, cfg.label_column)
+        _check_class_labels(raw_labels, f"dataset file {path!r} ({key})", cfg.label_column)
+        texts, keys, dropped = _clean(raw_texts, raw_labels)
         if not texts:
             raise DataError(f"dataset file {path!r} ({key}) has no rows with both text and label")
         cleaned[split] = (texts, keys)
@@ -562,6 +565,20 @@ def _sort_labels(keys: set[str]) -> list[str]:
     if keys and all(re.fullmatch(r"-?\d+", k) for k in keys):
         return sorted(keys, key=int)
     return sorted(keys)
+
+
+def _check_class_labels(labels: list[Any], where: str, label_column: str) -> None:
+    """Class labels are strings or whole numbers: 0.37 is a measurement, not a class.
+
+    pandas reads an integer column with gaps as floats, so 1.0 and 2.0 are classes 1 and 2.
+    """
+    for value in labels:
+        if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+            raise DataError(
+                f"{where}: column {label_column!r} holds numbers that are not whole (e.g. "
+                f"{value!r}), not class labels; classification needs strings or integers "
+                "(for a numeric target, use a regression objective)"
+            )
 
 
 def _check_labels(label_names: list[str], where: str, label_column: str) -> None:

@@ -409,3 +409,26 @@ def test_splits_counts_match_datasets(tmp_path: Path) -> None:
         ds = getattr(splits, split)
         counted = Counter(splits.label_names[y] for y in ds["label"])
         assert dict(counted) == splits.info["class_counts"][split]
+
+
+@pytest.mark.parametrize("filename", ["data.csv", "data.jsonl"])
+def test_fractional_labels_are_refused_with_a_hint(tmp_path: Path, filename: str) -> None:
+    """A regression target (0.37, 1.52, ...) used to become one class per value: 120 classes
+    trained to accuracy 0."""
+    rows = [{"text": f"row {i}", "label": round(0.37 + i * 0.13, 2)} for i in range(40)]
+    path = write_rows(tmp_path / filename, rows)
+    message = (f"^dataset file '{re.escape(str(path))}': column 'label' holds numbers that are "
+               r"not whole \(e.g. 0.37\), not class labels; classification needs strings or "
+               r"integers \(for a numeric target, use a regression objective\)$")
+    with pytest.raises(DataError, match=message):
+        load_splits(DatasetConfig(path=str(path)), seed=0)
+    split = {k: str(write_rows(tmp_path / f"{k}.csv", rows)) for k in
+             ("train_path", "validation_path", "test_path")}
+    with pytest.raises(DataError, match=r"\(train_path\): column 'label' holds numbers"):
+        load_splits(DatasetConfig(**split), seed=0)
+
+
+def test_whole_float_labels_are_classes(tmp_path: Path) -> None:
+    rows = [{"text": f"row {i}", "label": float(i % 3) + 1.0} for i in range(30)]
+    splits = load_splits(DatasetConfig(path=str(write_rows(tmp_path / "d.jsonl", rows))), seed=0)
+    assert splits.label_names == ["1", "2", "3"]
