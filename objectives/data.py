@@ -37,6 +37,7 @@ __all__ = [
     "Splits",
     "data_fingerprint",
     "load_splits",
+    "read_error",
 ]
 
 BUILTIN_DATASETS: dict[str, str] = {
@@ -456,8 +457,7 @@ def _read_file(path: str, text_column: str, label_column: str) -> tuple[list[Any
         data = datasets.load_dataset(loader, data_files=os.path.abspath(path), split="train")
     except Exception as e:
         # Broad on purpose: the csv/json/parquet readers raise many unrelated types.
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot read dataset file {path!r} as {loader}: {reason}") from e
+        raise DataError(f"cannot read dataset file {path!r} as {loader}: {read_error(e)}") from e
     missing = [c for c in (text_column, label_column) if c not in data.column_names]
     if missing:
         noun = "column" if len(missing) == 1 else "columns"
@@ -467,6 +467,23 @@ def _read_file(path: str, text_column: str, label_column: str) -> tuple[list[Any
             "set text_column/label_column"
         )
     return list(data[text_column]), list(data[label_column])
+
+
+def read_error(exc: BaseException) -> str:
+    """The first line of the innermost cause of a reader's error.
+
+    ``datasets`` wraps what went wrong ("Error tokenizing data. C error: EOF inside string
+    starting at row 1") in "An error occurred while generating the dataset".
+    """
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _read_builtin(name: str) -> tuple[list[Any], list[Any]]:

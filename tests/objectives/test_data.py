@@ -372,8 +372,10 @@ def test_unreadable_file_raises(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_bytes(b"text,label\n\"unclosed,1\nr\xe9sum\xe9,2\n")
 
+    # The reader's own cause, not datasets' "An error occurred while generating the dataset".
     with pytest.raises(
-        DataError, match=rf"^cannot read dataset file '{re.escape(str(path))}' as csv: "
+        DataError, match=rf"^cannot read dataset file '{re.escape(str(path))}' as csv: Error "
+        "tokenizing data. C error: EOF inside string starting at row 1$"
     ):
         load_splits(DatasetConfig(path=str(path)), seed=0)
 
