@@ -502,10 +502,7 @@ def build_storage(
                 _ping_idle_connections(storage.engine)
             return storage  # type: ignore[no-any-return]
         except ModuleNotFoundError as exc:
-            raise StorageError(
-                f"storage {redact_url(url)!r} needs the Python package {exc.name!r}: "
-                f"pip install {exc.name}"
-            ) from None
+            raise StorageError(_missing_driver(url, exc.name or "")) from None
         except Exception as exc:  # the storage's own errors wrap the driver's
             last = exc
             if not _is_schema_race(exc):
@@ -517,6 +514,32 @@ def build_storage(
     raise StorageError(
         f"cannot open storage {redact_url(url)!r}: {redact_text(detail[0], url)}"
     ) from None
+
+
+# The pip package of each database driver module SQLAlchemy may import, by top-level name.
+_DRIVER_PACKAGES = {
+    "MySQLdb": "mysqlclient", "pymysql": "pymysql", "mysql": "mysql-connector-python",
+    "mariadb": "mariadb", "asyncmy": "asyncmy", "aiomysql": "aiomysql", "cymysql": "cymysql",
+    "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
+    "asyncpg": "asyncpg", "psycopg2cffi": "psycopg2cffi",
+}
+# The drivers hpo installs, to name in the hint.
+_BUNDLED = {"postgresql": "postgresql+psycopg://", "mysql": "mysql+pymysql://",
+            "mariadb": "mysql+pymysql://"}
+
+
+def _missing_driver(url: str, module: str) -> str:
+    """One line: which pip package gives the missing driver ``module`` of ``url``, and the
+    driver that hpo installs, when the URL named another (or none, SQLAlchemy's default)."""
+    top = module.split(".")[0]
+    package = _DRIVER_PACKAGES.get(top, top)
+    scheme = url.split("://", 1)[0]
+    line = (f"storage {redact_url(url)!r}: its database driver {scheme!r} needs the Python "
+            f"module {module!r}: pip install '{package}'")
+    bundled = _BUNDLED.get(_dialect(url))
+    if bundled is not None and not url.startswith(bundled):
+        line += f", or use {bundled}... (installed with hpo)"
+    return line
 
 
 def _check_file(path: Path, url: str, create: bool, kind: str) -> None:

@@ -188,6 +188,29 @@ def test_cli_never_prints_the_password(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "module", "package"),
+    [("mysql://root:Zq9sEcret@127.0.0.1/test", "MySQLdb", "mysqlclient"),
+     ("mysql+mysqlconnector://root@127.0.0.1/test", "mysql", "mysql-connector-python"),
+     ("mariadb+mariadbconnector://root@127.0.0.1/test", "mariadb", "mariadb"),
+     ("postgresql+psycopg2://bob@127.0.0.1/hpo", "psycopg2", "psycopg2-binary"),
+     ("postgresql+pg8000://bob@127.0.0.1/hpo", "pg8000", "pg8000")],
+)
+def test_a_missing_driver_names_its_pip_package(url: str, module: str, package: str) -> None:
+    """'pip install MySQLdb' (the module's name) does not exist; mysqlclient does."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here")
+    with pytest.raises(StorageError) as info:
+        build_storage(url)
+    scheme = url.split("://")[0]
+    bundled = "mysql+pymysql://" if scheme.startswith(("mysql", "mariadb")) else "postgresql+psycopg://"
+    assert str(info.value) == (
+        f"storage {redact_url(url)!r}: its database driver {scheme!r} needs the Python module "
+        f"{module!r}: pip install '{package}', or use {bundled}... (installed with hpo)")
+
+
+@pytest.mark.parametrize(
     ("url", "match"),
     [("postgresql+psycopg://bob@127.0.0.1:port/hpo", "invalid literal for int"),
      ("mysql+nodriver://bob@127.0.0.1/hpo", "Can't load plugin"),
