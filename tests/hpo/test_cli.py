@@ -117,6 +117,32 @@ def test_studies_trials_best_in_table_and_json(config: Path, tmp_path: Path) -> 
     assert text.startswith(f"best trial #{best['number']} of study tiny: val_loss=")
 
 
+def test_json_output_is_strict_json_without_nan_or_infinity(tmp_path: Path) -> None:
+    """`NaN` and `Infinity` are not JSON: jq, JSON.parse and Go's decoder refuse them."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    for value, attrs in ((float("inf"), {"val_accuracy": float("nan"), "val_f1": float("-inf")}),
+                         (0.5, {"history": [{"step": 1, "value": float("nan")}]})):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, value)
+
+    def strict(text: str) -> object:
+        def refuse(constant: str) -> None:
+            raise ValueError(f"not JSON: {constant}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    trials = strict(invoke("trials", "--storage", url, "--study", "s", "--format", "json").stdout)
+    assert [(t["value"], t["val_accuracy"], t["val_f1"]) for t in trials] == [
+        (None, None, None), (0.5, None, None)]
+    best = strict(invoke("best", "--storage", url, "--study", "s", "--format", "json").stdout)
+    assert best["number"] == 0 and best["value"] is None
+    assert best["user_attrs"]["val_accuracy"] is None
+
+
 def test_storage_falls_back_to_the_environment(tmp_path: Path) -> None:
     config = toy_config(tmp_path, storage=None)
     url = f"sqlite:///{tmp_path / 'env.db'}"
