@@ -65,6 +65,11 @@ def is_connection_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return True
+    if isinstance(exc, sqlalchemy.exc.PendingRollbackError):
+        # A session whose connection died mid-transaction (a server restart) refuses every
+        # later statement until rolled back. The retry drops the session (``on_retry``) and
+        # runs on a new one; seen in the soak test as trials failed by a PostgreSQL restart.
+        return True
     if isinstance(exc, optuna.exceptions.StorageInternalError):
         cause = exc.__cause__
         return cause is not None and is_connection_error(cause)

@@ -562,6 +562,34 @@ def test_storage_methods_retry_on_lost_connection(tmp_path: Path, monkeypatch: p
         assert study.user_attrs["k"] == 1
 
 
+def test_a_session_left_pending_rollback_by_a_restart_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a server restart a session whose connection died mid-transaction raises
+    PendingRollbackError (optuna wraps it in StorageInternalError). The soak test saw trials
+    failed by it; the storage call is retried on a new session instead."""
+    with opened(f"sqlite:///{tmp_path / 's.db'}", StorageSettings(db_retry_seconds=30)) as storage:
+        study = optuna.create_study(storage=storage, study_name="s")
+        from optuna.storages._rdb import models
+
+        real = models.StudyModel.find_or_raise_by_id
+        failures = iter([True])
+
+        def find(*args: Any, **kwargs: Any) -> Any:
+            if next(failures, False):
+                try:
+                    raise _operational()
+                except sqlalchemy.exc.OperationalError:
+                    raise sqlalchemy.exc.PendingRollbackError(
+                        "Can't reconnect until invalid transaction is rolled back.", None, None
+                    ) from None
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(models.StudyModel, "find_or_raise_by_id", find)
+        study.set_user_attr("k", 1)
+        assert study.user_attrs["k"] == 1
+
+
 def test_heartbeat_thread_survives_storage_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = StorageSettings(heartbeat_interval=1, grace_period=3, db_retry_seconds=0)
     with opened(f"sqlite:///{tmp_path / 's.db'}", settings) as storage:
