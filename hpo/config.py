@@ -14,17 +14,20 @@ from pathlib import Path
 from typing import Any
 from typing import Literal
 
+from hpo._yaml import read_yaml
 from hpo.errors import ConfigError
 from hpo.storage import DEFAULT_STORAGE
 from hpo.storage import StorageSettings
 
 __all__ = [
+    "MAX_STUDY_NAME",
     "PRUNERS",
     "SAMPLERS",
     "STUDY_KEYS",
     "PrunerConfig",
     "SamplerConfig",
     "StudyConfig",
+    "check_study_name",
     "config_from_dict",
     "load_config",
 ]
@@ -51,6 +54,8 @@ STUDY_KEYS = (
 )
 # Shared by both sides: the study uses them too, and the objective gets them.
 SHARED_KEYS = ("metric", "seed")
+# optuna's studies.study_name column is VARCHAR(512) (MAX_INDEXED_STRING_LENGTH).
+MAX_STUDY_NAME = 512
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,18 @@ def _positive_int(source: str, key: str, value: Any, allow_none: bool = True) ->
     return value
 
 
+def check_study_name(name: str, where: str = "--study") -> None:
+    """Refuse a study name longer than the storage's column, before anything is written.
+
+    Raises:
+        ConfigError: ``WHERE: study name is N characters; at most 512``.
+    """
+    if len(name) > MAX_STUDY_NAME:
+        raise ConfigError(
+            f"{where}: study name is {len(name)} characters; at most {MAX_STUDY_NAME}"
+        )
+
+
 def config_from_dict(
     raw: dict[str, Any], source: str = "<config>", overrides: dict[str, Any] | None = None
 ) -> StudyConfig:
@@ -184,6 +201,7 @@ def config_from_dict(
     study = data.get("study")
     if not isinstance(study, str) or not study.strip():
         raise ConfigError(f"{source}: study: expected a study name, got {study!r}")
+    check_study_name(study, f"{source}: study")
     metric = data.get("metric", next(iter(spec.metrics)) if spec.metrics else "value")
     natural = spec.metrics.get(metric)
     if spec.metrics and natural is None:
@@ -257,24 +275,14 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> St
     config file's directory, then hpo's own checkout (``search_spaces/default.yaml`` works anywhere).
 
     Raises:
-        ConfigError: the file is missing or malformed, or a key is invalid.
+        ConfigError: the file is missing, unreadable, not UTF-8 or not valid YAML, or a key
+            is invalid.
 
     Example:
         >>> cfg = load_config("examples/demo.yaml", {"n_trials": 4})
     """
-    import yaml
-
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    raw = read_yaml(path, "config", ConfigError)
     if raw is None:
         raise ConfigError(f"{path}: the config is empty")
     if isinstance(raw, dict) and isinstance(raw.get("search_space"), str):

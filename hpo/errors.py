@@ -15,6 +15,8 @@ __all__ = [
     "StorageError",
     "DataMismatchError",
     "StudyConfigConflictError",
+    "StorageLostError",
+    "ReportError",
 ]
 
 
@@ -48,3 +50,11 @@ class DataMismatchError(HPOInputError):
 
 class StudyConfigConflictError(HPOInputError):
     """Raised when a study exists with a config different from the one given."""
+
+
+class StorageLostError(HPOError):
+    """Raised when a storage's SQLite file is deleted or replaced while a process uses it."""
+
+
+class ReportError(HPOError):
+    """Raised when a report file cannot be written (a read-only directory, a full disk)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
     from hpo.worker import RunSummary
 
-__all__ = ["format_rows", "progress", "study_rows", "summary_text", "trial_rows"]
+__all__ = ["format_rows", "progress", "study_rows", "summary_text", "to_json", "trial_rows"]
 
 
 def _cell(v: Any) -> str:
@@ -30,10 +31,30 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def to_json(value: Any) -> str:
+    """``value`` as strict JSON (indented): NaN and infinities become ``null``.
+
+    ``json.dumps`` writes them as ``NaN`` / ``Infinity``, which strict parsers (jq,
+    JavaScript's JSON.parse, Go, ...) refuse; a failed trial's value or a diverged metric
+    can be either.
+    """
+    return json.dumps(_finite(value), indent=2, default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
     """Rows as an aligned text table (``table``) or a JSON list (``json``)."""
     if fmt == "json":
-        return json.dumps(rows, indent=2, default=str)
+        return to_json(rows)
     if not rows:
         return "(none)"
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -165,7 +186,7 @@ def best_text(study: optuna.Study, fmt: str) -> str:
 
     info = best_trial_info(study)
     if fmt == "json":
-        return json.dumps(info, indent=2, default=str)
+        return to_json(info)
     if info is None:
         return f"study {study.study_name}: no trial has completed yet"
     metric = study.user_attrs.get("hpo_config", {}).get("metric", "value")

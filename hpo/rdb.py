@@ -5,6 +5,8 @@
 - retries every call that fails on a lost connection with exponential backoff (``retrying``);
 - writes what every trial writes (reports, new user attrs, heartbeats) in one statement each
   instead of optuna's transaction of several queries;
+- refuses every call (:class:`~hpo.errors.StorageLostError`) once its SQLite file was deleted
+  or replaced: the open connections would otherwise go on writing to a file nobody can see;
 - counts a study's trials in one query (:func:`trial_counts`) and, on PostgreSQL and MySQL,
   counts and creates a trial in one short transaction under the study's row lock
   (``create_trial_if``): a worker takes a trial in four statements, whatever the trial count.
@@ -18,12 +20,16 @@ import datetime
 import functools
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypeVar
+
+from hpo.errors import StorageLostError
+from hpo.redact import redact_any
 
 if TYPE_CHECKING:
     import optuna
@@ -59,6 +65,11 @@ def is_connection_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return True
+    if isinstance(exc, sqlalchemy.exc.PendingRollbackError):
+        # A session whose connection died mid-transaction (a server restart) refuses every
+        # later statement until rolled back. The retry drops the session (``on_retry``) and
+        # runs on a new one; seen in the soak test as trials failed by a PostgreSQL restart.
+        return True
     if isinstance(exc, optuna.exceptions.StorageInternalError):
         cause = exc.__cause__
         return cause is not None and is_connection_error(cause)
@@ -91,7 +102,7 @@ def retrying(
                 _LOG.warning(
                     "storage unreachable (%s: %s); retrying in %.1f s",
                     type(cause).__name__,
-                    detail[0][:200] if detail else "",
+                    redact_any(detail[0])[:200] if detail else "",
                     delay,
                 )
                 time.sleep(delay)
@@ -178,7 +189,34 @@ def _make_retrying_class() -> type:
             self._hpo_user_attrs: set[tuple[int, str]] = set()  # (trial id, key) rows written
             self._hpo_fresh: tuple[int, Any] | None = None  # the trial created last, unread
             self._hpo_lock = threading.Lock()
+            self._hpo_file: tuple[str, str, int, int] | None = None  # see watch_file
             super().__init__(*args, **kwargs)
+
+        def watch_file(self, path: str) -> None:
+            """Refuse every later call once the SQLite file ``path`` is deleted or replaced.
+
+            SQLite's open connections keep writing to a deleted file (its inode lives on while
+            they hold it): trials would be reported complete and then be gone.
+            """
+            stat = os.stat(path)
+            self._hpo_file = (path, os.path.abspath(path), stat.st_dev, stat.st_ino)
+
+        def check_file(self) -> None:
+            """Raise StorageLostError if the watched SQLite file is not the one opened."""
+            watched = self._hpo_file
+            if watched is None:
+                return
+            shown, path, dev, ino = watched
+            try:
+                stat = os.stat(path)
+                same = (stat.st_dev, stat.st_ino) == (dev, ino)
+            except OSError:
+                same = False
+            if not same:
+                raise StorageLostError(
+                    f"the SQLite file {shown} was deleted or replaced during the run; results of "
+                    "this run could not be stored"
+                )
 
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
             # One query instead of optuna's two, and RUNNING trials without any heartbeat (their
@@ -383,9 +421,11 @@ def _make_retrying_class() -> type:
             base._set_trial_param(self, trial_id, param_name, param_value_internal, distribution,
                                   previous_distribution)
 
-    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(method: Callable[..., Any], check: bool = True) -> Callable[..., Any]:
         @functools.wraps(method)
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if check:
+                self.check_file()
             return retrying(
                 lambda: method(self, *args, **kwargs),
                 lambda: self._hpo_retry_seconds,
@@ -396,7 +436,9 @@ def _make_retrying_class() -> type:
 
     own = dict(vars(_RetryingRDBStorage))  # our overrides are retried as well
     for name in (*_RETRIED_METHODS, "_get_stale_trial_ids", "create_trial_if"):
-        setattr(_RetryingRDBStorage, name, wrap(own.get(name) or getattr(base, name)))
+        # Heartbeats store no result (and run in their own thread, which can only log).
+        method = wrap(own.get(name) or getattr(base, name), check=name != "record_heartbeat")
+        setattr(_RetryingRDBStorage, name, method)
     _RetryingRDBStorage.__name__ = _RetryingRDBStorage.__qualname__ = "RDBStorage"
     return _RetryingRDBStorage
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
 
+from hpo._yaml import read_yaml
 from hpo.errors import SearchSpaceError
 
 if TYPE_CHECKING:
@@ -37,6 +38,17 @@ _KEYS = {
 }
 # YAML 1.1 reads `1e-5` (no dot) as a string; accept it as the number people meant.
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# Of those, the strings YAML never reads as numbers itself: with an exponent (`1e-5`, `1.0e5`).
+# A choice or condition value written so is the number; a plain "8" is a string only when
+# quoted on purpose.
+_EXPONENT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _yaml_number(value: Any) -> Any:
+    """``value``, or the float it means when it is a string like ``1e-5``."""
+    if isinstance(value, str) and _EXPONENT_RE.match(value.strip()):
+        return float(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,7 @@ class SearchSpace:
         for p in self.params:
             d = p.distribution
             if p.name in overrides:
-                grid[p.name] = list(overrides[p.name])
+                grid[p.name] = [_yaml_number(v) for v in overrides[p.name]]
             elif isinstance(d, CategoricalDistribution):
                 grid[p.name] = list(d.choices)
             elif isinstance(d, IntDistribution) and not d.log and (d.high - d.low) // d.step < 50:
@@ -136,6 +148,23 @@ def _number(source: str, name: str, key: str, value: Any, kind: str) -> float | 
     return float(value)
 
 
+def _check_step(source: str, name: str, low: float, high: float, step: float) -> None:
+    """optuna silently moves ``high`` down to the last multiple of ``step``: refuse instead.
+
+    Decimal arithmetic on the numbers as written, so ``low: 0.1, high: 0.3, step: 0.1`` holds.
+    """
+    from decimal import Decimal
+
+    lo, hi, st = (Decimal(str(v)) for v in (low, high, step))
+    if (hi - lo) % st == 0:
+        return
+    below = lo + (hi - lo) // st * st
+    raise SearchSpaceError(
+        f"{source}: {name}: `(high - low)` must be a multiple of `step`, but got low={low}, "
+        f"high={high}, step={step} (e.g. high={below} or high={below + st})"
+    )
+
+
 def _distribution(source: str, name: str, entry: dict[str, Any]) -> BaseDistribution:
     from optuna.distributions import CategoricalDistribution
     from optuna.distributions import FloatDistribution
@@ -149,6 +178,7 @@ def _distribution(source: str, name: str, entry: dict[str, Any]) -> BaseDistribu
                 raise SearchSpaceError(
                     f"{source}: {name}.choices: expected a non-empty list, got {choices!r}"
                 )
+            choices = [_yaml_number(c) for c in choices]
             for c in choices:
                 if c is not None and not isinstance(c, bool | int | float | str):
                     raise SearchSpaceError(
@@ -173,6 +203,8 @@ def _distribution(source: str, name: str, entry: dict[str, Any]) -> BaseDistribu
             raise SearchSpaceError(
                 f"{source}: {name}: `low <= high` must hold, but got low={low}, high={high}"
             )
+        if step is not None and step > 0:
+            _check_step(source, name, low, high, step)
         if kind == "float":
             return FloatDistribution(low, high, log=log, step=step)
         return IntDistribution(int(low), int(high), log=log, step=int(step or 1))
@@ -197,7 +229,7 @@ def _condition(
     if parent == name:
         raise SearchSpaceError(f"{source}: {name}.condition: a parameter cannot depend on itself")
     values = tuple(values) if isinstance(values, list) else (values,)
-    return str(parent), values
+    return str(parent), tuple(_yaml_number(v) for v in values)
 
 
 def _order(source: str, params: dict[str, Param]) -> tuple[Param, ...]:
@@ -285,24 +317,14 @@ def load_search_space(path: str | Path) -> SearchSpace:
     """Load and validate a search-space YAML file.
 
     Raises:
-        SearchSpaceError: the file is missing, is not YAML, or has an invalid entry.
+        SearchSpaceError: the file is missing, unreadable, not UTF-8 or not YAML, or has an
+            invalid entry.
 
     Example:
         >>> space = load_search_space("search_spaces/default.yaml")
         >>> sorted(space.distributions())[:2]
         ['batch_size', 'dropout']
     """
-    import yaml
-
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SearchSpaceError(f"{path}: cannot read the search space ({exc.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SearchSpaceError(f"{path}: not valid YAML{where}") from None
+    raw = read_yaml(path, "search space", SearchSpaceError)
     return search_space_from_dict(raw, str(path))

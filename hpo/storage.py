@@ -11,8 +11,9 @@ SQLite is the embedded default for one machine; PostgreSQL (psycopg 3) and MySQL
   a RUNNING trial that never got a heartbeat (its worker died between creating it and the first
   heartbeat) is treated as stale too, once it has been seen so for ``grace_period`` seconds;
 - serializes optuna's schema creation, which races when several workers start on a new database;
-- puts SQLite files in WAL mode with a busy timeout, and warns when one lives on a network
-  filesystem;
+- puts SQLite files in WAL mode with a busy timeout, warns when one lives on a network
+  filesystem, and fails (exit 1) instead of losing results when the file is deleted or
+  replaced while in use;
 - writes what every trial writes (reports, new user attrs, heartbeats) in one statement each
   instead of optuna's transaction of several queries, and counts trials in one query
   (:func:`trial_counts`): storage round trips per trial stay few at thousands of trials (the
@@ -26,9 +27,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -47,6 +48,8 @@ from hpo.rdb import rdb_backend
 from hpo.rdb import retrying
 from hpo.rdb import retrying_rdb_class
 from hpo.rdb import trial_counts
+from hpo.redact import redact_text
+from hpo.redact import redact_url
 
 if TYPE_CHECKING:
     import optuna
@@ -69,8 +72,6 @@ __all__ = [
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
 _LOG = logging.getLogger("hpo")
-# The userinfo of a URL up to its last "@": a password may itself contain "@" or ":".
-_PASSWORD_RE = re.compile(r"(://[^:/@\s]*:)\S*@")
 # Filesystems on which SQLite's locking is unreliable (several machines see one file).
 _NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "lustre", "gpfs",
                "beegfs", "ceph", "fuse.ceph", "glusterfs", "fuse.glusterfs", "afs", "fuse.s3fs")
@@ -85,29 +86,6 @@ class StorageSettings:
     grace_period: int = 60  # seconds without a heartbeat after which a running trial is failed
     max_retry: int = 3  # times a trial whose worker died is enqueued again (0: never)
     db_retry_seconds: float = 300.0  # keep retrying a lost database connection this long
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***``.
-
-    Example:
-        >>> redact_url("postgresql+psycopg://bob:s3cret@db:5432/hpo")
-        'postgresql+psycopg://bob:***@db:5432/hpo'
-    """
-    return _PASSWORD_RE.sub(r"\1***@", url)
-
-
-def redact_text(text: str, url: str) -> str:
-    """Remove the password of ``url`` (and any URL-shaped password) from ``text``."""
-    password = _password(url)
-    if password:
-        text = text.replace(password, "***")
-    return _PASSWORD_RE.sub(r"\1***@", text)
-
-
-def _password(url: str) -> str | None:
-    match = re.search(r"://[^:/@\s]*:(\S*)@", url)
-    return match.group(1) if match and match.group(1) else None
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -440,7 +418,7 @@ def set_heartbeat(storage: Any, settings: StorageSettings) -> None:
 
 
 def build_storage(
-    url: str, settings: StorageSettings | None = None
+    url: str, settings: StorageSettings | None = None, *, create: bool = False
 ) -> optuna.storages.BaseStorage:
     """Build the optuna storage for ``url``.
 
@@ -449,16 +427,20 @@ def build_storage(
             ``mysql+pymysql://user:pw@host/db``, ``journal:///path.log`` (optuna's journal file)
             or ``inmemory`` (one process; tests).
         settings: heartbeat, retry and reconnection settings.
+        create: whether a missing SQLite or journal file may be created (``hpo run``,
+            ``hpo create``). False for commands that only read or join a study: a mistyped
+            path is then an error instead of a new, empty database.
 
     Returns:
         An optuna storage; RDB storages come with heartbeats and stale-trial retries.
 
     Raises:
-        StorageError: if the URL is malformed, its driver is missing or the database is
-            unreachable. The message never contains the password.
+        StorageError: if the URL is malformed, its driver is missing, the database is
+            unreachable, or (without ``create``) its SQLite or journal file does not exist.
+            The message never contains the password.
 
     Example:
-        >>> storage = build_storage("sqlite:///studies.db")
+        >>> storage = build_storage("sqlite:///studies.db", create=True)
     """
     import optuna
 
@@ -468,7 +450,19 @@ def build_storage(
     if url.startswith("journal:///"):
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:///") :]))
+        journal = Path(url[len("journal:///") :])
+        _check_file(journal, url, create, "journal file")
+        not_journal = f"{journal} is not an optuna journal file"
+        hint = "give a journal written by optuna or hpo, or the name of a new file"
+        if journal.exists() and not _journal_head_ok(journal):
+            raise StorageError(f"{not_journal} (its first line is not a journal record); {hint}")
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        except Exception as exc:  # optuna replays every record: any bad one lands here
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise StorageError(
+                f"{not_journal} ({type(exc).__name__}: {reason}); {hint}"
+            ) from None
     dialect = _dialect(url)
     if "://" not in url or dialect not in ("sqlite", "postgresql", "mysql", "mariadb"):
         raise StorageError(
@@ -485,10 +479,7 @@ def build_storage(
         }
     path = sqlite_path(url)
     if path is not None:
-        if path.parent and not path.parent.exists():
-            raise StorageError(
-                f"storage {redact_url(url)!r}: directory {str(path.parent)!r} does not exist"
-            )
+        _check_file(path, url, create, "SQLite database")
         _warn_network_fs(path)
     cls = retrying_rdb_class()
     last: Exception | None = None
@@ -505,18 +496,17 @@ def build_storage(
                 )
             if dialect == "sqlite":
                 _sqlite_synchronous_normal(storage.engine)
+                if path is not None:
+                    storage.watch_file(str(path))
             else:
                 _ping_idle_connections(storage.engine)
             return storage  # type: ignore[no-any-return]
         except ModuleNotFoundError as exc:
-            raise StorageError(
-                f"storage {redact_url(url)!r} needs the Python package {exc.name!r}: "
-                f"pip install {exc.name}"
-            ) from None
+            raise StorageError(_missing_driver(url, exc.name or "")) from None
         except Exception as exc:  # the storage's own errors wrap the driver's
             last = exc
-            if is_connection_error(exc) and not _is_schema_race(exc):
-                break
+            if not _is_schema_race(exc):
+                break  # unreachable, a bad URL or port, a file that is no database: say so now
             # A table-creation race with a process that is not hpo loses once, then finds the
             # tables (hpo's own processes are serialized by schema_lock).
             time.sleep(0.2 * (attempt + 1))
@@ -524,6 +514,63 @@ def build_storage(
     raise StorageError(
         f"cannot open storage {redact_url(url)!r}: {redact_text(detail[0], url)}"
     ) from None
+
+
+# The pip package of each database driver module SQLAlchemy may import, by top-level name.
+_DRIVER_PACKAGES = {
+    "MySQLdb": "mysqlclient", "pymysql": "pymysql", "mysql": "mysql-connector-python",
+    "mariadb": "mariadb", "asyncmy": "asyncmy", "aiomysql": "aiomysql", "cymysql": "cymysql",
+    "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
+    "asyncpg": "asyncpg", "psycopg2cffi": "psycopg2cffi",
+}
+# The drivers hpo installs, to name in the hint.
+_BUNDLED = {"postgresql": "postgresql+psycopg://", "mysql": "mysql+pymysql://",
+            "mariadb": "mysql+pymysql://"}
+
+
+def _missing_driver(url: str, module: str) -> str:
+    """One line: which pip package gives the missing driver ``module`` of ``url``, and the
+    driver that hpo installs, when the URL named another (or none, SQLAlchemy's default)."""
+    top = module.split(".")[0]
+    package = _DRIVER_PACKAGES.get(top, top)
+    scheme = url.split("://", 1)[0]
+    line = (f"storage {redact_url(url)!r}: its database driver {scheme!r} needs the Python "
+            f"module {module!r}: pip install '{package}'")
+    bundled = _BUNDLED.get(_dialect(url))
+    if bundled is not None and not url.startswith(bundled):
+        line += f", or use {bundled}... (installed with hpo)"
+    return line
+
+
+def _check_file(path: Path, url: str, create: bool, kind: str) -> None:
+    """The file of an SQLite or journal storage must exist, unless it may be created here."""
+    if path.is_dir():
+        raise StorageError(f"storage {redact_url(url)!r}: {path} is a directory, not a {kind}")
+    if path.exists():
+        if not path.is_file():  # a FIFO or a device: opening it could block or do harm
+            raise StorageError(f"storage {redact_url(url)!r}: {path} is not a regular file")
+        return
+    if not create:
+        raise StorageError(
+            f"no {kind} at {path}: check --storage (`hpo run` and `hpo create` make a new one)"
+        )
+    if path.parent and not path.parent.exists():
+        raise StorageError(
+            f"storage {redact_url(url)!r}: directory {str(path.parent)!r} does not exist"
+        )
+
+
+def _journal_head_ok(path: Path) -> bool:
+    """Whether the first line of ``path`` (if any) is an optuna journal record."""
+    with open(path, "rb") as f:
+        head = f.readline(1 << 20)
+    if not head:
+        return True  # an empty file is a new journal
+    try:
+        record = json.loads(head)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "op_code" in record
 
 
 def _is_schema_race(exc: BaseException) -> bool:

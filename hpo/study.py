@@ -25,6 +25,7 @@ from typing import Any
 
 from hpo import _optuna
 from hpo.config import StudyConfig
+from hpo.config import check_study_name
 from hpo.config import config_from_dict
 from hpo.errors import ConfigError
 from hpo.errors import DataMismatchError
@@ -136,7 +137,6 @@ def create_study(cfg: StudyConfig, *, exist_ok: bool = True) -> optuna.Study:
         ConfigError, SearchSpaceError: bad input; nothing is written.
         StudyConfigConflictError: the study exists with another config, space or data.
     """
-    import optuna
 
     from hpo.samplers import build_pruner
     from hpo.samplers import build_sampler
@@ -148,49 +148,107 @@ def create_study(cfg: StudyConfig, *, exist_ok: bool = True) -> optuna.Study:
     build_sampler(cfg.sampler, cfg.seed, space)  # their options: ConfigError before any write
     build_pruner(cfg.pruner)
     prepared = _prepare(cfg, spec)
-    storage = build_storage(cfg.storage, cfg.storage_settings)
+    storage = build_storage(cfg.storage, cfg.storage_settings, create=True)
     config_dict = json.loads(json.dumps(cfg.to_dict()))
-    existing = _find_study(storage, cfg.study)
-    if existing is not None:
-        attrs = existing.user_attrs
-        if "hpo_config" not in attrs:
-            raise StudyConfigConflictError(
-                f"study {cfg.study!r} exists in {redact_url(cfg.storage)} but was not created "
-                "by hpo; choose another study name"
-            )
-        changed = _diff(_comparable(attrs["hpo_config"], exist_ok),
-                        _comparable(config_dict, exist_ok))
-        if json.dumps(attrs.get("search_space"), sort_keys=True) != json.dumps(space.raw, sort_keys=True):
-            changed.append("search space")
-        if attrs.get("data_fingerprint") != prepared["data_fingerprint"]:
-            changed.append("data (fingerprint)")
-        if changed:
-            hint = ("use a new study name, or the same config to resume it" if exist_ok else
-                    "use a new study name, or `hpo run` to resume it with a new budget")
-            raise StudyConfigConflictError(
-                f"study {cfg.study!r} exists with a different {', '.join(changed)}; {hint}"
-            )
-        if not exist_ok:
-            return existing
-        # Budget, sampler and pruner may change on resume; workers read them from the study.
-        resumed = {**attrs["hpo_config"], **{k: config_dict[k] for k in _RESUMABLE_KEYS if k in config_dict}}
-        if resumed != attrs["hpo_config"]:
-            existing.set_user_attr("hpo_config", resumed)
+    # One creator at a time per study name: another `hpo run` of the same study never sees it
+    # half-made (created, its hpo config not stored yet).
+    with shared_lock(storage, cfg.storage, f"hpo-create:{cfg.study}"):
+        existing = _find_study(storage, cfg.study)
+        if existing is not None and _half_made(existing):
+            _take_over_half_made(existing, storage, cfg)
+            existing = None
+        if existing is None:
+            return _new_study(storage, cfg, space, prepared, config_dict)
+        return _resume(existing, cfg, space, prepared, config_dict, exist_ok)
+
+
+def _resume(
+    existing: optuna.Study,
+    cfg: StudyConfig,
+    space: SearchSpace,
+    prepared: dict[str, Any],
+    config_dict: dict[str, Any],
+    exist_ok: bool,
+) -> optuna.Study:
+    """The existing study of ``cfg``, after checking that it is the same study."""
+    attrs = existing.user_attrs
+    if "hpo_config" not in attrs:
+        raise StudyConfigConflictError(
+            f"study {cfg.study!r} exists in {redact_url(cfg.storage)} but was not created "
+            "by hpo; choose another study name"
+        )
+    changed = _diff(_comparable(attrs["hpo_config"], exist_ok),
+                    _comparable(config_dict, exist_ok))
+    if json.dumps(attrs.get("search_space"), sort_keys=True) != json.dumps(space.raw, sort_keys=True):
+        changed.append("search space")
+    if attrs.get("data_fingerprint") != prepared["data_fingerprint"]:
+        changed.append("data (fingerprint)")
+    if changed:
+        hint = ("use a new study name, or the same config to resume it" if exist_ok else
+                "use a new study name, or `hpo run` to resume it with a new budget")
+        raise StudyConfigConflictError(
+            f"study {cfg.study!r} exists with a different {', '.join(changed)}; {hint}"
+        )
+    if not exist_ok:
         return existing
+    # Budget, sampler and pruner may change on resume; workers read them from the study.
+    resumed = {**attrs["hpo_config"], **{k: config_dict[k] for k in _RESUMABLE_KEYS if k in config_dict}}
+    if resumed != attrs["hpo_config"]:
+        existing.set_user_attr("hpo_config", resumed)
+    return existing
+
+
+def _new_study(
+    storage: Any,
+    cfg: StudyConfig,
+    space: SearchSpace,
+    prepared: dict[str, Any],
+    config_dict: dict[str, Any],
+) -> optuna.Study:
+    """Create the study and store what a worker needs; an interrupted creation leaves nothing."""
+    import optuna
+
     study = optuna.create_study(
-        study_name=cfg.study,
-        storage=storage,
-        direction=cfg.direction,
-        load_if_exists=True,  # another worker may create it at the same moment
+        study_name=cfg.study, storage=storage, direction=cfg.direction, load_if_exists=True
     )
-    if "hpo_config" not in study.user_attrs:
-        study.set_user_attr("search_space", space.raw)
-        study.set_user_attr("data_fingerprint", prepared["data_fingerprint"])
-        study.set_user_attr("data", prepared["data"])
-        study.set_user_attr("versions", versions())
-        study.set_user_attr("created_at", _now())
-        study.set_user_attr("hpo_config", config_dict)  # last: its presence means "complete"
+    try:
+        _store_attrs(study, space, prepared, config_dict)
+    except BaseException:
+        # Ctrl-C (or a lost database) between creating the study and storing its config: a
+        # study without its config would be refused by every later run. Remove it if it is
+        # still empty; if that fails too, the next run takes it over (_take_over_half_made).
+        with contextlib.suppress(Exception):
+            if "hpo_config" not in study.user_attrs and not study.get_trials(deepcopy=False):
+                optuna.delete_study(study_name=cfg.study, storage=storage)
+        raise
     return study
+
+
+def _store_attrs(
+    study: optuna.Study, space: SearchSpace, prepared: dict[str, Any], config_dict: dict[str, Any]
+) -> None:
+    study.set_user_attr("search_space", space.raw)
+    study.set_user_attr("data_fingerprint", prepared["data_fingerprint"])
+    study.set_user_attr("data", prepared["data"])
+    study.set_user_attr("versions", versions())
+    study.set_user_attr("created_at", _now())
+    study.set_user_attr("hpo_config", config_dict)  # last: its presence means "complete"
+
+
+def _half_made(study: optuna.Study) -> bool:
+    """A study whose creation stopped before its config was stored: no config, no trials."""
+    return "hpo_config" not in study.user_attrs and not study.get_trials(deepcopy=False)
+
+
+def _take_over_half_made(study: optuna.Study, storage: Any, cfg: StudyConfig) -> None:
+    """Make a half-made study ready for :func:`_new_study`, which stores its config: keep it
+    when its direction is ``cfg``'s, else delete it (it holds no trial) to create it anew."""
+    import optuna
+
+    _LOG.warning("study %r has no stored config and no trials (its creation was interrupted?): "
+                 "creating it again", cfg.study)
+    if study.direction.name.lower() != cfg.direction:
+        optuna.delete_study(study_name=cfg.study, storage=storage)
 
 
 def _find_study(storage: Any, name: str) -> optuna.Study | None:
@@ -203,14 +261,17 @@ def _find_study(storage: Any, name: str) -> optuna.Study | None:
 
 
 def open_study(url: str, name: str, settings: StorageSettings | None = None) -> optuna.Study:
-    """Load an existing study.
+    """Load an existing study. A missing SQLite or journal file is an error, never created.
 
     Raises:
+        ConfigError: the name is longer than any stored study name can be.
+        StorageError: the storage cannot be opened, or its file does not exist.
         StudyNotFoundError: no study of that name (the message lists the existing ones).
     """
     import optuna
 
     _quiet_optuna()
+    check_study_name(name)
     storage = build_storage(url, settings)
     try:
         return optuna.load_study(study_name=name, storage=storage)
@@ -226,7 +287,8 @@ def stored_config(study: optuna.Study, storage_url: str) -> tuple[StudyConfig, S
     """Rebuild the config and search space a worker needs from the study itself.
 
     Raises:
-        ConfigError: the study was not created by hpo.
+        ConfigError: the study was not created by hpo, or its stored config or search space
+            is not a mapping or not valid.
     """
     attrs = study.user_attrs
     if "hpo_config" not in attrs or "search_space" not in attrs:
@@ -234,6 +296,13 @@ def stored_config(study: optuna.Study, storage_url: str) -> tuple[StudyConfig, S
             f"study {study.study_name!r} has no stored hpo config; create it with "
             "`hpo create --config FILE` or `hpo run --config FILE`"
         )
+    for key in ("hpo_config", "search_space"):
+        if not isinstance(attrs[key], dict):
+            raise ConfigError(
+                f"study {study.study_name!r}: its stored {key} is a {type(attrs[key]).__name__}, "
+                "not a mapping (was the study made or edited by another tool?); create the "
+                "study anew with `hpo run --config FILE` under another name"
+            )
     cfg = config_from_dict(
         {**attrs["hpo_config"], "storage": storage_url}, f"study {study.study_name!r}"
     )

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -36,6 +37,7 @@ __all__ = [
     "Splits",
     "data_fingerprint",
     "load_splits",
+    "read_error",
 ]
 
 BUILTIN_DATASETS: dict[str, str] = {
@@ -348,6 +350,7 @@ def _load(cfg: DatasetConfig, seed: int, fingerprint: str) -> Splits:
         raw_texts, raw_labels = _read_file(cfg.path, cfg.text_column, cfg.label_column)
         source = {"path": cfg.path}
         where = f"dataset file {cfg.path!r}"
+        _check_class_labels(raw_labels, where, cfg.label_column)
     texts, keys, n_dropped = _clean(raw_texts, raw_labels)
     label_names = _sort_labels(set(keys))
     _check_labels(label_names, where, cfg.label_column)
@@ -376,7 +379,9 @@ def _load_pre_split(cfg: DatasetConfig, seed: int, fingerprint: str) -> Splits:
     n_dropped = 0
     for split, key in zip(_SPLITS, _SPLIT_PATH_KEYS, strict=True):
         path = getattr(cfg, key)
-        texts, keys, dropped = _clean(*_read_file(path, cfg.text_column, cfg.label_column))
+        raw_texts, raw_labels = _read_file(path, cfg.text_column, cfg.label_column)
+        _check_class_labels(raw_labels, f"dataset file {path!r} ({key})", cfg.label_column)
+        texts, keys, dropped = _clean(raw_texts, raw_labels)
         if not texts:
             raise DataError(f"dataset file {path!r} ({key}) has no rows with both text and label")
         cleaned[split] = (texts, keys)
@@ -452,8 +457,7 @@ def _read_file(path: str, text_column: str, label_column: str) -> tuple[list[Any
         data = datasets.load_dataset(loader, data_files=os.path.abspath(path), split="train")
     except Exception as e:
         # Broad on purpose: the csv/json/parquet readers raise many unrelated types.
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot read dataset file {path!r} as {loader}: {reason}") from e
+        raise DataError(f"cannot read dataset file {path!r} as {loader}: {read_error(e)}") from e
     missing = [c for c in (text_column, label_column) if c not in data.column_names]
     if missing:
         noun = "column" if len(missing) == 1 else "columns"
@@ -463,6 +467,23 @@ def _read_file(path: str, text_column: str, label_column: str) -> tuple[list[Any
             "set text_column/label_column"
         )
     return list(data[text_column]), list(data[label_column])
+
+
+def read_error(exc: BaseException) -> str:
+    """The first line of the innermost cause of a reader's error.
+
+    ``datasets`` wraps what went wrong ("Error tokenizing data. C error: EOF inside string
+    starting at row 1") in "An error occurred while generating the dataset".
+    """
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _read_builtin(name: str) -> tuple[list[Any], list[Any]]:
@@ -502,6 +523,8 @@ def _builtin_file(name: str) -> Path:
 
 
 def _loader_for(path: str, key: str) -> str:
+    """The ``datasets`` loader for ``path``, after :func:`_check_data_file` (when it exists)."""
+    _check_data_file(path, key)
     lower = path.lower()
     compressed = lower.endswith(_COMPRESSIONS)
     if compressed:
@@ -510,6 +533,102 @@ def _loader_for(path: str, key: str) -> str:
         if lower.endswith(ext) and not (compressed and loader == "parquet"):
             return loader
     raise DataError(f"unsupported file type for {key}: {path!r} (valid: {_VALID_EXTENSIONS})")
+
+
+def _check_data_file(path: str, key: str) -> None:
+    """Name what is wrong with an existing data file before a reader fails on it obscurely.
+
+    A directory or a FIFO (never opened: reading one would wait for a writer), an empty file,
+    and JSON / JSON Lines that do not parse (with the line and the cause). A missing file
+    passes: it is reported where the data is read (a worker may get it later).
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return
+    where = f"dataset.{key}: {path}"
+    if stat.S_ISDIR(info.st_mode):
+        raise DataError(f"{where} is a directory; give a file ({_VALID_EXTENSIONS})")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else
+                "a socket" if stat.S_ISSOCK(info.st_mode) else "a device or special file")
+        raise DataError(f"{where} is {kind}, not a regular file; give a file ({_VALID_EXTENSIONS})")
+    if info.st_size == 0:
+        raise DataError(f"{where} is an empty file")
+    lower = path.lower()
+    base = lower.rsplit(".", 1)[0] if lower.endswith(_COMPRESSIONS) else lower
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if lower.endswith(".parquet"):
+            f.seek(max(info.st_size - 4, 0))
+            tail = f.read(4)
+    for suffix, magic, name in ((".gz", b"\x1f\x8b", "gzip"), (".bz2", b"BZh", "bzip2"),
+                                (".parquet", b"PAR1", "Parquet")):
+        if lower.endswith(suffix) and (not head.startswith(magic)
+                                       or (suffix == ".parquet" and tail != magic)):
+            raise DataError(f"{where} is not a {name} file (wrong signature); check the file or "
+                            "its extension")
+    if base.endswith((".json", ".jsonl")):
+        memo = (os.path.abspath(path), info.st_size, info.st_mtime_ns)
+        if memo not in _checked_json:
+            _check_json(path, where, jsonl=base.endswith(".jsonl"))
+            _checked_json.add(memo)
+
+
+_checked_json: set[tuple[str, int, int]] = set()
+
+
+def _check_json(path: str, where: str, jsonl: bool) -> None:
+    """Parse a JSON (one document, or JSON Lines) or JSON Lines file; DataError on the first
+    problem, naming the line and the cause."""
+    import bz2
+    import gzip
+
+    opener: Any = {".gz": gzip.open, ".bz2": bz2.open}.get(Path(path).suffix.lower(), open)
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, ValueError) as exc:  # a broken gzip/bz2 stream
+        raise DataError(f"{where} cannot be decompressed ({exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{where}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+    if not text.strip():
+        raise DataError(f"{where} has no records (only blank lines)")
+    if not jsonl:
+        try:
+            json.loads(text)
+            return
+        except ValueError as exc:
+            document_error = exc
+        # JSON Lines in a .json file (the json reader takes them too) start with a whole
+        # record on their first line; anything else is one broken document.
+        first = next(line for line in text.splitlines() if line.strip())
+        try:
+            json.loads(first)
+        except ValueError:
+            raise DataError(f"{where}: not valid JSON ({_json_cause(document_error)})") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{where}: line {number}: not valid JSON ({_json_cause(exc)})") from None
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{where}: line {number}: expected one JSON object per line, got "
+                f"{type(record).__name__}"
+            )
+
+
+def _json_cause(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        where = f"line {exc.lineno} column {exc.colno}" if exc.lineno > 1 else f"column {exc.colno}"
+        return f"{exc.msg} at {where}"
+    return str(exc)
 
 
 def _file_sha256(path: Path, key: str) -> str:
@@ -562,6 +681,20 @@ def _sort_labels(keys: set[str]) -> list[str]:
     if keys and all(re.fullmatch(r"-?\d+", k) for k in keys):
         return sorted(keys, key=int)
     return sorted(keys)
+
+
+def _check_class_labels(labels: list[Any], where: str, label_column: str) -> None:
+    """Class labels are strings or whole numbers: 0.37 is a measurement, not a class.
+
+    pandas reads an integer column with gaps as floats, so 1.0 and 2.0 are classes 1 and 2.
+    """
+    for value in labels:
+        if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+            raise DataError(
+                f"{where}: column {label_column!r} holds numbers that are not whole (e.g. "
+                f"{value!r}), not class labels; classification needs strings or integers "
+                "(for a numeric target, use a regression objective)"
+            )
 
 
 def _check_labels(label_names: list[str], where: str, label_column: str) -> None:

@@ -30,7 +30,35 @@ Example:
 
 from __future__ import annotations
 
+import os
+import pathlib
+from typing import TYPE_CHECKING
+
+from hpo.errors import ReportError
+from hpo.report import _page
 from hpo.report._page import build_report_html
-from hpo.report._page import write_report
+
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = ["build_report_html", "write_report"]
+
+
+def write_report(
+    study: optuna.Study, path: str | os.PathLike[str], storage_label: str
+) -> pathlib.Path:
+    """Write a study's report to ``path`` atomically (see :func:`hpo.report._page.write_report`).
+
+    Raises:
+        ReportError: the file cannot be written (a read-only or missing directory, a full
+            disk): one line naming the file; nothing half-written is left behind.
+    """
+    for folder in pathlib.Path(path).parents:  # its nearest existing folder must be one
+        if folder.exists():
+            if not folder.is_dir():
+                raise ReportError(f"cannot write the report {path}: {folder} is not a directory")
+            break
+    try:
+        return _page.write_report(study, path, storage_label)
+    except OSError as exc:
+        raise ReportError(f"cannot write the report {path}: {exc.strerror or exc}") from None

@@ -117,6 +117,32 @@ def test_studies_trials_best_in_table_and_json(config: Path, tmp_path: Path) -> 
     assert text.startswith(f"best trial #{best['number']} of study tiny: val_loss=")
 
 
+def test_json_output_is_strict_json_without_nan_or_infinity(tmp_path: Path) -> None:
+    """`NaN` and `Infinity` are not JSON: jq, JSON.parse and Go's decoder refuse them."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    for value, attrs in ((float("inf"), {"val_accuracy": float("nan"), "val_f1": float("-inf")}),
+                         (0.5, {"history": [{"step": 1, "value": float("nan")}]})):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, value)
+
+    def strict(text: str) -> object:
+        def refuse(constant: str) -> None:
+            raise ValueError(f"not JSON: {constant}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    trials = strict(invoke("trials", "--storage", url, "--study", "s", "--format", "json").stdout)
+    assert [(t["value"], t["val_accuracy"], t["val_f1"]) for t in trials] == [
+        (None, None, None), (0.5, None, None)]
+    best = strict(invoke("best", "--storage", url, "--study", "s", "--format", "json").stdout)
+    assert best["number"] == 0 and best["value"] is None
+    assert best["user_attrs"]["val_accuracy"] is None
+
+
 def test_storage_falls_back_to_the_environment(tmp_path: Path) -> None:
     config = toy_config(tmp_path, storage=None)
     url = f"sqlite:///{tmp_path / 'env.db'}"
@@ -288,12 +314,157 @@ def test_unreachable_storage_is_one_line_with_the_password_redacted(tmp_path: Pa
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_sqlite_file_deleted_during_a_run_is_an_error_not_a_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Results lost silently was the worst outcome: the run must fail, with one line."""
+    import dataclasses
+
+    from objectives import OBJECTIVES
+
+    db = tmp_path / "toy.db"
+    toy = OBJECTIVES["toy"]
+
+    def deleting(trial: optuna.Trial, params: dict, cfg: object) -> float:
+        if trial.number == 1:
+            db.unlink()
+        return toy.fn(trial, params, cfg)
+
+    monkeypatch.setitem(OBJECTIVES, "toy", dataclasses.replace(toy, fn=deleting))
+    result = CliRunner().invoke(cli, ["run", "--config", str(toy_config(tmp_path))])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("trial   0 complete")  # told before the file went away
+    assert lines[1:] == [
+        f"Error: the SQLite file {db} was deleted or replaced during the run; results of this "
+        "run could not be stored"]
+    assert "best trial" not in result.stdout
+
+
+@pytest.mark.parametrize("cleanup", ["works", "fails"])
+def test_ctrl_c_while_creating_the_study_does_not_block_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cleanup: str
+) -> None:
+    """Ctrl-C after optuna created the study but before its hpo config was stored: the study
+    is removed again, or (when that is impossible) the next run takes the empty study over;
+    it used to be refused by every later run as 'not created by hpo'."""
+    url = f"sqlite:///{tmp_path / 'toy.db'}"
+    config = toy_config(tmp_path)
+
+    def interrupted() -> dict[str, str]:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("hpo.study.versions", interrupted)
+        if cleanup == "fails":
+            m.setattr("optuna.delete_study", lambda **kwargs: 1 / 0)
+        result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code != 0 and isinstance(result.exception, (KeyboardInterrupt, SystemExit))
+    names = optuna.get_all_study_names(url)
+    assert names == ([] if cleanup == "works" else ["toy"])
+    result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="toy", storage=url)
+    assert study.user_attrs["hpo_config"]["n_trials"] == 4 and len(study.trials) == 4
+
+
+@pytest.mark.parametrize("command", ["run", "create"])
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_a_half_made_study_is_completed_or_made_again(
+    tmp_path: Path, command: str, direction: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A study left without its hpo config and without trials (a creation killed half-way) is
+    taken over by the next `hpo run`/`hpo create` of that name, whatever its direction."""
+    url = f"sqlite:///{tmp_path / 'toy.db'}"
+    half = optuna.create_study(study_name="toy", storage=url, direction=direction)
+    half.set_user_attr("search_space", {"x": "left over"})
+    result = CliRunner().invoke(cli, [command, "--config", str(toy_config(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "has no stored config and no trials" in caplog.text
+    study = optuna.load_study(study_name="toy", storage=url)
+    assert study.direction.name == "MINIMIZE"  # the toy objective's
+    assert study.user_attrs["hpo_config"]["objective"] == "toy"
+    assert study.user_attrs["search_space"] != {"x": "left over"}
+    assert len(study.trials) == (4 if command == "run" else 0)
+    # A study that is not hpo's and has trials is still refused.
+    other = optuna.create_study(study_name="foreign", storage=url)
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    result = CliRunner().invoke(cli, ["run", "--config", str(toy_config(tmp_path, study="foreign"))])
+    assert result.exit_code == 2 and "was not created by hpo" in result.stderr
+
+
+@pytest.mark.parametrize("fault", ["not a directory", "disk full"])
+def test_a_report_that_cannot_be_written_is_one_line_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    import errno
+    import types
+
+    assert invoke("run", "--config", str(toy_config(tmp_path, n_trials=1))).exit_code == 0
+    out = tmp_path / "r.html"
+    if fault == "not a directory":
+        (tmp_path / "plain").write_text("a file, not a directory")
+        out = tmp_path / "plain" / "r.html"
+        reason = f"{tmp_path / 'plain'} is not a directory"
+    else:
+        def full(**kwargs: object) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr("hpo.report._page.tempfile", types.SimpleNamespace(mkstemp=full))
+        reason = "No space left on device"
+    result = CliRunner().invoke(cli, ["report", "--storage", f"sqlite:///{tmp_path / 'toy.db'}",
+                                      "--study", "toy", "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [f"Error: cannot write the report {out}: {reason}"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["worker"], ["export", "-o", "model"]], ids=lambda c: c[0])
+@pytest.mark.parametrize(("key", "value"), [("hpo_config", "a string"), ("hpo_config", [1, 2]),
+                                            ("hpo_config", 3), ("search_space", ["x"])])
+def test_a_stored_config_that_is_not_a_mapping_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], key: str, value: object
+) -> None:
+    """A study whose hpo_config (or search_space) user attr was set by another tool to a
+    string or list: hpo worker / hpo export used to end in 'TypeError: not a mapping'."""
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'toy.db'}"
+    assert invoke("create", "--config", str(toy_config(tmp_path))).exit_code == 0
+    optuna.load_study(study_name="toy", storage=url).set_user_attr(key, value)
+    result = CliRunner().invoke(cli, [*command, "--storage", url, "--study", "toy"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"Error: study 'toy': its stored {key} is a {type(value).__name__}, not a mapping (was "
+        "the study made or edited by another tool?); create the study anew with `hpo run "
+        "--config FILE` under another name"]
+    assert not (tmp_path / "model").exists()
+
+
 def test_unknown_study_lists_the_existing_ones(tmp_path: Path) -> None:
     assert invoke("run", "--config", str(toy_config(tmp_path))).exit_code == 0
     result = CliRunner().invoke(cli, ["trials", "--storage", f"sqlite:///{tmp_path / 'toy.db'}",
                                       "--study", "nope"])
     assert result.exit_code == 2
     assert "no study named 'nope'" in result.stderr and "(studies: toy)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["studies"], ["trials", "--study", "s"], ["best", "--study", "s"],
+     ["report", "--study", "s", "-o", "r.html"], ["worker", "--study", "s"],
+     ["export", "--study", "s", "-o", "model"], ["delete-study", "--study", "s", "--yes"]],
+    ids=lambda c: c[0],
+)
+def test_read_commands_on_a_mistyped_sqlite_path_create_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, [*command, "--storage", "sqlite:///typo.db"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        "Error: no SQLite database at typo.db: check --storage (`hpo run` and `hpo create` make "
+        "a new one)"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_delete_study(tmp_path: Path) -> None:

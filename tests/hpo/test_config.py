@@ -109,3 +109,55 @@ def test_search_space_resolves_beside_the_config_and_in_hpo(tmp_path: Path, monk
     assert load_config(tmp_path / "conf" / "a.yaml").search_space == str(tmp_path / "conf" / "space.yaml")
     (tmp_path / "conf" / "b.yaml").write_text("study: b\nsearch_space: search_spaces/default.yaml\n")
     assert Path(load_config(tmp_path / "conf" / "b.yaml").search_space).exists()
+
+
+@pytest.mark.parametrize("what", ["config", "search space"])
+def test_a_file_that_is_not_utf8_is_one_error(tmp_path: Path, what: str) -> None:
+    """A file saved as Latin-1 (or any binary) used to end in a UnicodeDecodeError traceback."""
+    from hpo.errors import SearchSpaceError
+    from hpo.search_space import load_search_space
+
+    path = tmp_path / "latin1.yaml"
+    if what == "config":
+        path.write_bytes("study: s\n# r\u00e9glages\nsearch_space: x.yaml\n".encode("latin-1"))
+        load, error = load_config, ConfigError
+    else:
+        path.write_bytes("lr: {type: float, low: 0.1, high: 1}  # \u00e9\n".encode("latin-1"))
+        load, error = load_search_space, SearchSpaceError
+    with pytest.raises(error) as info:
+        load(path)
+    assert str(info.value) == (f"{path}: the {what} is not UTF-8 text (byte 0xe9 at line "
+                               f"{2 if what == 'config' else 1}); save it as UTF-8")
+
+
+def test_a_directory_or_fifo_as_config_is_one_error(tmp_path: Path) -> None:
+    import os
+
+    with pytest.raises(ConfigError, match=r"cannot read the config \(it is a directory\)$"):
+        load_config(tmp_path)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"cannot read the config \(it is not a regular file\)$"):
+        load_config(fifo)  # returns at once: a FIFO is never opened
+
+
+LAUGHS = "".join(
+    [f'{chr(97 + i)}: &{chr(97 + i)} [{", ".join([f"*{chr(96 + i)}"] * 9)}]\n' for i in range(1, 10)]
+)
+
+
+@pytest.mark.parametrize("what", ["config", "search space"])
+def test_nested_yaml_aliases_are_refused_before_they_expand(tmp_path: Path, what: str) -> None:
+    """'Billion laughs': 9 levels of 9 aliases each are 387 million strings once expanded; the
+    load stops at the first alias instead (it used to run for a minute, then fail)."""
+    from hpo.errors import SearchSpaceError
+    from hpo.search_space import load_search_space
+
+    path = tmp_path / "laughs.yaml"
+    path.write_text('study: s\nsearch_space: x.yaml\nlol: &a "lol"\n' + LAUGHS)
+    load, error = (load_config, ConfigError) if what == "config" else (load_search_space,
+                                                                        SearchSpaceError)
+    with pytest.raises(error) as info:
+        load(path)
+    assert str(info.value) == (f"{path}: line 4: YAML aliases (*a) are not allowed in the {what}; "
+                               "write the values out")

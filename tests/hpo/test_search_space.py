@@ -40,6 +40,28 @@ def test_scientific_notation_without_a_dot_is_a_number(tmp_path: Path) -> None:
     assert (d.low, d.high, d.log) == (1e-5, 5e-4, True)
 
 
+def test_scientific_notation_in_choices_and_conditions_is_a_number(tmp_path: Path) -> None:
+    """`choices: [1e-5, 1e-4]` used to be the strings '1e-5' and '1e-4' (YAML 1.1): the
+    objective got a string learning rate."""
+    import optuna
+
+    path = tmp_path / "s.yaml"
+    path.write_text("learning_rate: {type: categorical, choices: [1e-5, 1.0e-4, 3E-4]}\n"
+                    "warmup_ratio: {type: float, low: 0, high: 0.1, condition: {learning_rate: 1e-5}}\n"
+                    "name: {type: categorical, choices: ['8', a1e5]}\n")
+    space = load_search_space(path)
+    assert space.distributions()["learning_rate"].choices == (1e-5, 1e-4, 3e-4)
+    assert space.distributions()["name"].choices == ("8", "a1e5")  # quoted / not a number
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+    for _ in range(12):
+        params = space.sample(study.ask())
+        assert isinstance(params["learning_rate"], float)
+        assert ("warmup_ratio" in params) == (params["learning_rate"] == 1e-5)
+        seen.append(params["learning_rate"])
+    assert 1e-5 in seen
+
+
 def test_conditional_entries_are_sampled_only_when_enabled() -> None:
     space = search_space_from_dict({
         "r": {"type": "int", "low": 2, "high": 8, "condition": {"finetuning": "lora"}},
@@ -84,6 +106,12 @@ def test_conditional_entries_are_sampled_only_when_enabled() -> None:
          "a.condition: cyclic conditions a -> b -> a"),
         ("- a\n- b", "expected a mapping of parameter name to entry, got list"),
         ("lr: {type: float, low: 0.1, high: [oops", "not valid YAML at line 2"),
+        ("n: {type: int, low: 1, high: 10, step: 4}",
+         "n: `(high - low)` must be a multiple of `step`, but got low=1, high=10, step=4 "
+         "(e.g. high=9 or high=13)"),
+        ("x: {type: float, low: 0.0, high: 1.0, step: 0.3}",
+         "x: `(high - low)` must be a multiple of `step`, but got low=0.0, high=1.0, step=0.3 "
+         "(e.g. high=0.9 or high=1.2)"),
     ],
 )
 def test_bad_entries_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -92,6 +120,16 @@ def test_bad_entries_name_the_file_and_key(tmp_path: Path, text: str, message: s
     with pytest.raises(SearchSpaceError) as info:
         load_search_space(path)
     assert str(info.value) == f"{path}: {message}"
+
+
+def test_steps_that_divide_the_range_are_kept() -> None:
+    space = search_space_from_dict({
+        "n": {"type": "int", "low": 1, "high": 13, "step": 4},
+        "x": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1},  # inexact in binary
+        "m": {"type": "int", "low": 2, "high": 2, "step": 3},
+    })
+    d = space.distributions()
+    assert (d["n"].high, d["n"].step, d["x"].high, d["x"].step, d["m"].high) == (13, 4, 0.3, 0.1, 2)
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -106,6 +144,8 @@ def test_grid_values_and_fits() -> None:
         "lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
     })
     assert space.grid({"lr": [1e-4]}) == {"bs": [8, 16], "k": [0, 1, 2], "lr": [1e-4]}
+    # The config's `sampler: {name: grid, search_space: {lr: [1e-5]}}` is YAML 1.1 too.
+    assert space.grid({"lr": ["1e-5", 2e-5]})["lr"] == [1e-5, 2e-5]
     with pytest.raises(SearchSpaceError, match="lr: the grid sampler needs a finite list of values"):
         space.grid()
     assert space.fits("bs", 16) and not space.fits("bs", 32)

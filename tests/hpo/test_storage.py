@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.errors import StorageError
+from hpo.errors import StorageLostError
 from hpo.storage import _RETRIED_METHODS
 from hpo.storage import RetryStaleTrialCallback
 from hpo.storage import StorageSettings
@@ -50,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @contextlib.contextmanager
 def opened(url: str, settings: StorageSettings | None = None) -> Iterator[Any]:
-    storage = build_storage(url, settings)
+    storage = build_storage(url, settings, create=True)
     try:
         yield storage
     finally:
@@ -81,6 +84,89 @@ def test_redact_text_removes_the_password_anywhere() -> None:
     assert "s3cret" not in redact_text(text, url)
 
 
+# Storage URLs with a password in every form a user may write one, and the parts of it that
+# must never be printed. The servers are unreachable (port 1) or the URL is malformed.
+SECRET_URLS = {
+    "userinfo": ("postgresql+psycopg://bob:Zq9sEcret@127.0.0.1:1/hpo", ["Zq9sEcret"]),
+    "query": ("postgresql+psycopg://bob@127.0.0.1:1/hpo?password=Zq9sEcret", ["Zq9sEcret"]),
+    "query, any case": ("postgresql+psycopg://bob@127.0.0.1:1/hpo?sslmode=disable&PassWord=Zq9sEcret",
+                        ["Zq9sEcret"]),
+    "passwd": ("mysql+pymysql://root@127.0.0.1:1/test?passwd=Zq9sEcret", ["Zq9sEcret"]),
+    "pwd": ("mysql+pymysql://root@127.0.0.1:1/test?PWD=Zq9sEcret", ["Zq9sEcret"]),
+    "both": ("postgresql+psycopg://bob:Zq9sEcret@127.0.0.1:1/hpo?password=Xy7oTher",
+             ["Zq9sEcret", "Xy7oTher"]),
+    "unescaped @": ("postgresql+psycopg://bob:Zq9s@Ecret@127.0.0.1:1/hpo", ["Zq9s", "Ecret"]),
+    "unescaped @ and :": ("mysql+pymysql://root:Zq9s:Ec@ret@127.0.0.1:1/test", ["Zq9s", "Ec@ret"]),
+    "slash and ?": ("postgresql+psycopg://bob:Zq9/sE?cret@127.0.0.1:1/hpo", ["Zq9/sE", "sE?cret"]),
+    "percent-encoded": ("postgresql+psycopg://bob:Zq9%40sEcret@127.0.0.1:1/hpo",
+                        ["Zq9%40sEcret", "Zq9@sEcret"]),
+    "bad port": ("postgresql+psycopg://bob:Zq9sEcret@127.0.0.1:port/hpo", ["Zq9sEcret"]),
+    "space": ("postgresql+psycopg://bob:Zq9 sEcret@127.0.0.1:1/hpo", ["Zq9 sEcret"]),
+    "no colon after the scheme": ("postgresql+psycopg//bob:Zq9sEcret@127.0.0.1/hpo", ["Zq9sEcret"]),
+    "unknown dialect": ("postgres://bob:Zq9sEcret@127.0.0.1:1/hpo", ["Zq9sEcret"]),
+    "unknown driver": ("mysql+nodriver://bob:Zq9sEcret@127.0.0.1:1/hpo", ["Zq9sEcret"]),
+    "bad IPv6 host": ("postgresql+psycopg://bob:Zq9sEcret@[::1/hpo", ["Zq9sEcret"]),
+    "redis": ("redis://:Zq9sEcret@127.0.0.1:6379/0", ["Zq9sEcret"]),
+}
+
+
+@pytest.mark.filterwarnings("ignore:'passwd' is deprecated")
+@pytest.mark.parametrize("case", list(SECRET_URLS))
+def test_no_password_form_is_ever_printed(case: str) -> None:
+    """redact_url and every line of a failing `hpo studies` (also -v, and --debug's traceback)
+    hide the password, whatever form it takes in the URL."""
+    import traceback
+
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    url, secrets = SECRET_URLS[case]
+    shown = redact_url(url)
+    assert not [s for s in secrets if s in shown], shown
+    assert "***" in shown
+    for flags in ([], ["-v"], ["--debug"]):
+        result = CliRunner().invoke(cli, [*flags, "studies", "--storage", url])
+        assert result.exit_code != 0
+        output = result.output
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            output += "".join(traceback.format_exception(result.exception))
+        assert not [s for s in secrets if s in output], output
+        if not flags:
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert "Traceback" not in output
+
+
+@pytest.mark.server
+def test_report_and_commands_hide_a_query_password(tmp_path: Path) -> None:
+    """A real study on PostgreSQL (trust auth ignores the password): the report's Storage row
+    and the commands' output show the URL without its `?password=`."""
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    url = server_url("postgresql") + "?password=Zq9sEcret"
+    name = unique_name("redact")
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump({
+        "study": name, "objective": "toy", "sampler": "random", "pruner": "none", "n_trials": 2,
+        "search_space": str(ROOT / "search_spaces" / "toy.yaml")}))
+    try:
+        runs = [CliRunner().invoke(cli, ["run", "--config", str(config), "--storage", url])]
+        report = tmp_path / "r.html"
+        runs.append(CliRunner().invoke(cli, ["report", "--storage", url, "--study", name,
+                                             "-o", str(report)]))
+        runs.append(CliRunner().invoke(cli, ["trials", "--storage", url, "--study", "nope"]))
+        assert [r.exit_code for r in runs] == [0, 0, 2], [r.output for r in runs]
+        assert "?password=***" in runs[2].stderr
+        html = report.read_text()
+        assert "?password=***" in html
+        for text in [html, *(r.output for r in runs)]:
+            assert "Zq9sEcret" not in text
+    finally:
+        delete_study(server_url("postgresql"), name)
+
+
 def test_unreachable_server_fails_fast_without_password() -> None:
     url = "postgresql+psycopg://bob:s3cret@127.0.0.1:1/hpo"
     t0 = time.monotonic()
@@ -102,6 +188,48 @@ def test_cli_never_prints_the_password(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "module", "package"),
+    [("mysql://root:Zq9sEcret@127.0.0.1/test", "MySQLdb", "mysqlclient"),
+     ("mysql+mysqlconnector://root@127.0.0.1/test", "mysql", "mysql-connector-python"),
+     ("mariadb+mariadbconnector://root@127.0.0.1/test", "mariadb", "mariadb"),
+     ("postgresql+psycopg2://bob@127.0.0.1/hpo", "psycopg2", "psycopg2-binary"),
+     ("postgresql+pg8000://bob@127.0.0.1/hpo", "pg8000", "pg8000")],
+)
+def test_a_missing_driver_names_its_pip_package(url: str, module: str, package: str) -> None:
+    """'pip install MySQLdb' (the module's name) does not exist; mysqlclient does."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here")
+    with pytest.raises(StorageError) as info:
+        build_storage(url)
+    scheme = url.split("://")[0]
+    bundled = "mysql+pymysql://" if scheme.startswith(("mysql", "mariadb")) else "postgresql+psycopg://"
+    assert str(info.value) == (
+        f"storage {redact_url(url)!r}: its database driver {scheme!r} needs the Python module "
+        f"{module!r}: pip install '{package}', or use {bundled}... (installed with hpo)")
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [("postgresql+psycopg://bob@127.0.0.1:port/hpo", "invalid literal for int"),
+     ("mysql+nodriver://bob@127.0.0.1/hpo", "Can't load plugin"),
+     ("sqlite:///TMP/notes.txt", "file is not a database")],
+)
+def test_a_bad_url_or_file_fails_at_once(url: str, match: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a schema-creation race is worth another attempt: other errors are reported at once
+    (they used to be tried five times, three seconds of waiting for the same error)."""
+    sleeps: list[float] = []
+    monkeypatch.setattr("hpo.storage.time.sleep", sleeps.append)
+    (tmp_path / "notes.txt").write_text("not a database, but long enough to be read as one\n" * 20)
+    url = url.replace("TMP", str(tmp_path))
+    with pytest.raises(StorageError, match=f"^cannot open storage .*{match}"):
+        build_storage(url)
+    assert sleeps == []
+
+
+@pytest.mark.parametrize(
     ("url", "match"),
     [
         ("redis://localhost", "unsupported storage URL"),
@@ -111,7 +239,91 @@ def test_cli_never_prints_the_password(tmp_path: Path) -> None:
 )
 def test_bad_urls(url: str, match: str) -> None:
     with pytest.raises(StorageError, match=match):
-        build_storage(url)
+        build_storage(url, create=True)
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "journal"])
+def test_a_missing_file_is_created_only_when_asked(tmp_path: Path, scheme: str) -> None:
+    """Commands that read a study (trials, report, worker...) on a mistyped path must not
+    leave a new, empty database behind; `hpo run` and `hpo create` make one."""
+    path = tmp_path / "typo.db"
+    kind = "SQLite database" if scheme == "sqlite" else "journal file"
+    with pytest.raises(StorageError, match=f"^no {kind} at {path}: check --storage"):
+        build_storage(f"{scheme}:///{path}")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(StorageError, match=f"{tmp_path} is a directory, not a {kind}"):
+        build_storage(f"{scheme}:///{tmp_path}", create=True)
+    with opened(f"{scheme}:///{path}"):
+        assert path.exists()
+    build_storage(f"{scheme}:///{path}")  # it exists now
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"hello\n", "its first line is not a journal record"),
+     (b"text,label\nfine,1\n", "its first line is not a journal record"),
+     (b'{"a": 1}\n', "its first line is not a journal record"),
+     (b"SQLite format 3\x00\x10\x00\x01\x01", "its first line is not a journal record"),
+     (b'{"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]}\nnot json\n{}\n',
+      "JSONDecodeError")],
+    ids=["word", "csv", "json", "sqlite", "bad record"],
+)
+def test_a_journal_url_on_a_file_that_is_not_a_journal(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    path = tmp_path / "j.log"
+    path.write_bytes(content)
+    message = f"{path} is not an optuna journal file ({reason}"
+    with pytest.raises(StorageError, match=re.escape(message)):
+        build_storage(f"journal:///{path}", create=True)
+    result = CliRunner().invoke(cli, ["studies", "--storage", f"journal:///{path}"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {message}") and line.endswith(
+        "give a journal written by optuna or hpo, or the name of a new file")
+    assert path.read_bytes() == content
+
+
+def test_a_fifo_as_storage_file_is_refused_without_opening_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "s.db"
+    os.mkfifo(fifo)
+    for url in (f"sqlite:///{fifo}", f"journal:///{fifo}"):
+        with pytest.raises(StorageError, match=f"{fifo} is not a regular file$"):
+            build_storage(url, create=True)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mysql"])
+def test_a_study_name_longer_than_the_column_is_one_line(tmp_path: Path, kind: str) -> None:
+    """optuna's studies.study_name is VARCHAR(512): a longer name is refused before anything
+    is written (PostgreSQL and MariaDB used to fail mid-creation with a traceback)."""
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    url = backend_url(kind, tmp_path)
+    name = "x" * 600
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump({
+        "study": name, "objective": "toy", "sampler": "random", "pruner": "none", "n_trials": 1,
+        "search_space": str(ROOT / "search_spaces" / "toy.yaml")}))
+    for args, where, n in ((["create", "--config", str(config)], f"{config}: study", 600),
+                           (["run", "--config", str(config), "--study", name + "y"],
+                            f"{config}: study", 601),
+                           (["trials", "--study", name], "--study", 600),
+                           (["worker", "--study", name], "--study", 600)):
+        result = CliRunner().invoke(cli, [*args, "--storage", url])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip().splitlines() == [
+            f"Error: {where}: study name is {n} characters; at most 512"]
+    if kind == "sqlite":
+        assert not (tmp_path / "studies.db").exists()
+    else:
+        assert not [s for s in optuna.get_all_study_names(url) if s.startswith("xxx")]
 
 
 # --- SQLite ---------------------------------------------------------------------------------
@@ -133,6 +345,28 @@ def test_sqlite_is_wal_with_busy_timeout_and_heartbeats(tmp_path: Path) -> None:
     with opened(f"sqlite:///{path}") as storage, rdb_backend(storage).engine.connect() as conn:
         # WAL's own advice: no fsync per commit; a killed process still loses nothing.
         assert conn.execute(sqlalchemy.text("PRAGMA synchronous")).scalar() == 1
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_sqlite_file_deleted_or_replaced_in_use_is_an_error(tmp_path: Path, how: str) -> None:
+    """SQLite's open connections go on writing to a deleted file: trials would be told complete
+    and be gone. Every later call fails instead, saying why."""
+    path = tmp_path / "s.db"
+    with opened(f"sqlite:///{path}", StorageSettings(heartbeat_interval=0)) as storage:
+        study = optuna.create_study(storage=storage, study_name="s")
+        trial = study.ask()
+        if how == "deleted":
+            path.unlink()
+        else:
+            other = tmp_path / "other.db"
+            sqlite3.connect(other).close()
+            other.replace(path)
+        message = (f"^the SQLite file {path} was deleted or replaced during the run; results of "
+                   "this run could not be stored$")
+        with pytest.raises(StorageLostError, match=message):
+            study.tell(trial, 1.0)
+        with pytest.raises(StorageLostError, match=message):
+            study.ask()
 
 
 def test_heartbeats_can_be_disabled(tmp_path: Path) -> None:
@@ -325,6 +559,34 @@ def test_storage_methods_retry_on_lost_connection(tmp_path: Path, monkeypatch: p
 
         monkeypatch.setattr(models.StudyModel, "find_or_raise_by_id", find)
         study.set_user_attr("k", 1)  # two lost connections, then it goes through
+        assert study.user_attrs["k"] == 1
+
+
+def test_a_session_left_pending_rollback_by_a_restart_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a server restart a session whose connection died mid-transaction raises
+    PendingRollbackError (optuna wraps it in StorageInternalError). The soak test saw trials
+    failed by it; the storage call is retried on a new session instead."""
+    with opened(f"sqlite:///{tmp_path / 's.db'}", StorageSettings(db_retry_seconds=30)) as storage:
+        study = optuna.create_study(storage=storage, study_name="s")
+        from optuna.storages._rdb import models
+
+        real = models.StudyModel.find_or_raise_by_id
+        failures = iter([True])
+
+        def find(*args: Any, **kwargs: Any) -> Any:
+            if next(failures, False):
+                try:
+                    raise _operational()
+                except sqlalchemy.exc.OperationalError:
+                    raise sqlalchemy.exc.PendingRollbackError(
+                        "Can't reconnect until invalid transaction is rolled back.", None, None
+                    ) from None
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(models.StudyModel, "find_or_raise_by_id", find)
+        study.set_user_attr("k", 1)
         assert study.user_attrs["k"] == 1
 
 

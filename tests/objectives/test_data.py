@@ -369,13 +369,72 @@ def test_missing_file_raises(tmp_path: Path) -> None:
 
 
 def test_unreadable_file_raises(tmp_path: Path) -> None:
-    path = tmp_path / "data.json"
-    path.write_text("{not json")
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"text,label\n\"unclosed,1\nr\xe9sum\xe9,2\n")
 
+    # The reader's own cause, not datasets' "An error occurred while generating the dataset".
     with pytest.raises(
-        DataError, match=rf"^cannot read dataset file '{re.escape(str(path))}' as json: "
+        DataError, match=rf"^cannot read dataset file '{re.escape(str(path))}' as csv: Error "
+        "tokenizing data. C error: EOF inside string starting at row 1$"
     ):
         load_splits(DatasetConfig(path=str(path)), seed=0)
+
+
+def _fifo(path: Path) -> None:
+    import os
+
+    os.mkfifo(path)
+
+
+GOOD_RECORD = b'{"text": "a", "label": 1}\n'
+BAD_FILES: dict[str, tuple[str, Any, str]] = {
+    # case: (file name, its bytes or a function that makes it, the message after "PATH")
+    "directory": ("data.csv", Path.mkdir, " is a directory; give a file (.csv, .json, .jsonl, "),
+    "fifo": ("data.csv", _fifo, " is a FIFO (named pipe), not a regular file; give a file"),
+    "empty csv": ("data.csv", b"", " is an empty file"),
+    "empty jsonl": ("data.jsonl", b"", " is an empty file"),
+    "empty csv.gz": ("data.csv.gz", b"", " is an empty file"),
+    "blank jsonl": ("data.jsonl", b"\n \n", " has no records (only blank lines)"),
+    "bad jsonl line": ("data.jsonl", GOOD_RECORD + b'{"text": "b", label: 2}\n',
+                       ": line 2: not valid JSON (Expecting property name enclosed in double "
+                       "quotes at column 15)"),
+    "jsonl list": ("data.jsonl", GOOD_RECORD + b'["b", 2]\n',
+                   ": line 2: expected one JSON object per line, got list"),
+    "bad json": ("data.json", b'[{"text": "a", "label": 1},\n {"text": "b" "label": 2}]\n',
+                 ": not valid JSON (Expecting ',' delimiter at line 2 column 15)"),
+    "json lines in .json": ("data.json", GOOD_RECORD + b"{oops}\n",
+                            ": line 2: not valid JSON (Expecting property name enclosed in "
+                            "double quotes at column 2)"),
+    "jsonl not utf-8": ("data.jsonl", GOOD_RECORD + b'{"text": "r\xe9sum\xe9", "label": 2}\n',
+                        ": line 2: not UTF-8 text (byte 0xe9)"),
+    "bad jsonl.gz": ("data.jsonl.gz", gzip.compress(b"nope\n"),
+                     ": line 1: not valid JSON (Expecting value at column 1)"),
+    "truncated gz": ("data.jsonl.gz", gzip.compress(GOOD_RECORD * 50)[:30],
+                     " cannot be decompressed (Compressed file ended before the end-of-stream "),
+    "not gzip": ("data.csv.gz", b"text,label\na,1\n", " is not a gzip file (wrong signature)"),
+    "not bz2": ("data.csv.bz2", gzip.compress(b"text,label\n"), " is not a bzip2 file (wrong "),
+    "not parquet": ("data.parquet", b"text,label\na,1\n", " is not a Parquet file (wrong "),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_bad_data_file_is_named_with_what_is_wrong(tmp_path: Path, case: str) -> None:
+    """Checked when the config is built (before any reader): a directory or FIFO used to be
+    'Unable to find', an empty or malformed JSON Lines file gave no line and no cause. A FIFO
+    is never opened (that would wait for a writer)."""
+    name, content, message = BAD_FILES[case]
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        content(path)
+    for key in ("path", "train_path"):
+        kwargs: dict[str, Any] = {key: str(path)}
+        if key == "train_path":
+            kwargs |= {"validation_path": str(path), "test_path": str(path)}
+        with pytest.raises(DataError) as info:
+            DatasetConfig(**kwargs)
+        assert str(info.value).startswith(f"dataset.{key}: {path}{message}"), str(info.value)
 
 
 def test_too_few_rows_raises(tmp_path: Path) -> None:
@@ -409,3 +468,26 @@ def test_splits_counts_match_datasets(tmp_path: Path) -> None:
         ds = getattr(splits, split)
         counted = Counter(splits.label_names[y] for y in ds["label"])
         assert dict(counted) == splits.info["class_counts"][split]
+
+
+@pytest.mark.parametrize("filename", ["data.csv", "data.jsonl"])
+def test_fractional_labels_are_refused_with_a_hint(tmp_path: Path, filename: str) -> None:
+    """A regression target (0.37, 1.52, ...) used to become one class per value: 120 classes
+    trained to accuracy 0."""
+    rows = [{"text": f"row {i}", "label": round(0.37 + i * 0.13, 2)} for i in range(40)]
+    path = write_rows(tmp_path / filename, rows)
+    message = (f"^dataset file '{re.escape(str(path))}': column 'label' holds numbers that are "
+               r"not whole \(e.g. 0.37\), not class labels; classification needs strings or "
+               r"integers \(for a numeric target, use a regression objective\)$")
+    with pytest.raises(DataError, match=message):
+        load_splits(DatasetConfig(path=str(path)), seed=0)
+    split = {k: str(write_rows(tmp_path / f"{k}.csv", rows)) for k in
+             ("train_path", "validation_path", "test_path")}
+    with pytest.raises(DataError, match=r"\(train_path\): column 'label' holds numbers"):
+        load_splits(DatasetConfig(**split), seed=0)
+
+
+def test_whole_float_labels_are_classes(tmp_path: Path) -> None:
+    rows = [{"text": f"row {i}", "label": float(i % 3) + 1.0} for i in range(30)]
+    splits = load_splits(DatasetConfig(path=str(write_rows(tmp_path / "d.jsonl", rows))), seed=0)
+    assert splits.label_names == ["1", "2", "3"]
