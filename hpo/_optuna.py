@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FeasibilityView",
     "add_to_storage_cache",
+    "backend_of",
     "forget_cached_trials",
     "frozen_of",
     "rdb_models",
@@ -38,6 +39,11 @@ __all__ = [
 def storage_of(study: optuna.Study) -> Any:
     """The storage a study reads and writes (optuna wraps an RDB storage in a cache)."""
     return study._storage
+
+
+def backend_of(storage: Any) -> Any:
+    """The storage behind optuna's cache wrapper (itself when there is none)."""
+    return getattr(storage, "_backend", storage)
 
 
 def study_id(study: optuna.Study) -> int:

@@ -34,7 +34,7 @@ from hpo.redact import redact_any
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["adopt_trial", "is_connection_error", "rdb_backend", "retrying", "retrying_rdb_class", "trial_counts"]
+__all__ = ["is_connection_error", "rdb_backend", "retrying", "retrying_rdb_class", "trial_counts"]
 
 _LOG = logging.getLogger("hpo")
 _T = TypeVar("_T")
@@ -119,9 +119,11 @@ def _make_retrying_class() -> type:
     import optuna
     import sqlalchemy
     import sqlalchemy.exc
-    from optuna.storages._rdb import models
     from optuna.trial import TrialState
 
+    from hpo._optuna import rdb_models
+
+    models = rdb_models()
     base = optuna.storages.RDBStorage
 
     # Statements built once, with bind parameters: SQLAlchemy then compiles each once per
@@ -310,7 +312,8 @@ def _make_retrying_class() -> type:
             row lock): returns None elsewhere, and the caller takes its own lock.
 
             Returns ``(the new trial or None, counts by state name, n_retries)``, the counts as
-            they were before the new trial. Pass the trial to :func:`adopt_trial`.
+            they were before the new trial. Pass the trial to
+            :func:`hpo._optuna.add_to_storage_cache`.
             """
             if self.engine.dialect.name not in ("postgresql", "mysql", "mariadb"):
                 return None
@@ -449,32 +452,23 @@ def retrying_rdb_class() -> type:
     return _make_retrying_class()
 
 
-def adopt_trial(storage: Any, study_id: int, frozen: optuna.trial.FrozenTrial) -> None:
-    """Tell optuna's storage cache (the wrapper every Study uses) about a trial created behind
-    its back, as its own ``create_new_trial`` does: later writes look the trial up there."""
-    from optuna.storages._cached_storage import _CachedStorage
-    from optuna.storages._cached_storage import _StudyInfo
-
-    if isinstance(storage, _CachedStorage):
-        with storage._lock:
-            if study_id not in storage._studies:
-                storage._studies[study_id] = _StudyInfo()
-            storage._add_trials_to_cache(study_id, [frozen])
-
-
 def rdb_backend(storage: Any) -> optuna.storages.RDBStorage | None:
     """The RDBStorage behind a study's storage (optuna wraps it in a cache), or None."""
     import optuna
 
-    backend = getattr(storage, "_backend", storage)
+    from hpo._optuna import backend_of
+
+    backend = backend_of(storage)
     return backend if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
 @functools.cache
 def _counts_query() -> Any:
     import sqlalchemy
-    from optuna.storages._rdb import models
 
+    from hpo._optuna import rdb_models
+
+    models = rdb_models()
     trial = models.TrialModel
     attr = models.TrialSystemAttributeModel
     return (

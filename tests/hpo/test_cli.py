@@ -325,10 +325,10 @@ def test_sqlite_file_deleted_during_a_run_is_an_error_not_a_success(
     db = tmp_path / "toy.db"
     toy = OBJECTIVES["toy"]
 
-    def deleting(trial: optuna.Trial, params: dict, cfg: object) -> float:
+    def deleting(trial: optuna.Trial, params: dict, cfg: object, **kw: object) -> float:
         if trial.number == 1:
             db.unlink()
-        return toy.fn(trial, params, cfg)
+        return toy.fn(trial, params, cfg, **kw)
 
     monkeypatch.setitem(OBJECTIVES, "toy", dataclasses.replace(toy, fn=deleting))
     result = CliRunner().invoke(cli, ["run", "--config", str(toy_config(tmp_path))])

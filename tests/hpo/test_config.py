@@ -70,7 +70,7 @@ def test_stored_dict_round_trips() -> None:
         (base(sampler={"name": "bayes"}),
          "<config>: sampler.name: unknown sampler 'bayes' (valid: tpe, random, gp, cmaes, qmc, grid)"),
         (base(pruner="asha"), "<config>: pruner.name: unknown pruner 'asha' (valid: median, "
-                              "percentile, successive-halving, hyperband, patient, none)"),
+                              "percentile, successive-halving, hyperband, patient, threshold, none)"),
         (base(objective="regression"), "<config>: objective: unknown objective 'regression'"),
         (base(n_trials=0), "<config>: n_trials: expected a positive integer, got 0"),
         (base(timeout=-1), "<config>: timeout: expected seconds > 0 or null, got -1"),

@@ -127,3 +127,13 @@ def test_the_sampler_learns_that_out_of_memory_is_infeasible() -> None:
     study = optuna.create_study()
     _run(study, build_sampler(SamplerConfig("tpe", {"n_startup_trials": 2}), 0, space), 12)
     assert all(t.state == TrialState.FAIL for t in study.trials if t.params["batch_size"] == 64)
+
+
+def test_the_cache_wrapper_hides_the_rdb_storage(tmp_path: Path) -> None:
+    from hpo.rdb import rdb_backend
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    backend = _optuna.backend_of(_optuna.storage_of(study))
+    assert isinstance(backend, optuna.storages.RDBStorage)
+    assert rdb_backend(_optuna.storage_of(study)) is backend
+    assert _optuna.backend_of(backend) is backend

@@ -783,7 +783,7 @@ def test_take_counts_and_creates_in_one_transaction_within_the_budget(server_onl
     """8 threads, each on its own storage (its own connections), race for a budget of 20."""
     import threading
 
-    from hpo.rdb import adopt_trial
+    from hpo._optuna import add_to_storage_cache
 
     name = unique_name("take")
     settings = StorageSettings(heartbeat_interval=5, grace_period=10)
@@ -805,7 +805,7 @@ def test_take_counts_and_creates_in_one_transaction_within_the_budget(server_onl
                         assert sum(counts.values()) == budget
                         return
                     assert frozen.number == sum(counts.values())  # numbered after the others
-                    adopt_trial(study._storage, study._study_id, frozen)
+                    add_to_storage_cache(study._storage, study._study_id, frozen)
                     trial = optuna.Trial(study, frozen._trial_id)
                     trial.suggest_float("x", 0, 1)  # the cache knows the trial
                     study.tell(trial, 1.0)
