@@ -153,23 +153,24 @@ def run(ctx: click.Context, config_path: str, fmt: str, threads: int | None,
         top_k: int, allow: bool, **overrides: Any) -> None:
     """Run a study (create it, or resume it when it exists) and print the best trial."""
     from hpo.checks import run_data_checks
+    from hpo.defaults import apply_defaults
 
     cfg = _load(config_path, **overrides)
     local = _local_groups(devices, workers_per_device, cfg.devices_per_trial, device)
-    run_data_checks(cfg, allow)
+    cfg, chosen = apply_defaults(cfg, run_data_checks(cfg, allow))
     if warm_start_from:
         from hpo.warm_start import warm_start
 
-        warm_start(cfg, warm_start_from, top_k, warm_start_storage)
+        warm_start(cfg, warm_start_from, top_k, warm_start_storage, defaults=chosen)
     if local is None:
         from hpo.runner import run_study
 
         summary = run_study(cfg, threads=threads, quiet=ctx.obj["quiet"], device=device,
-                            log_dir=log_dir)
+                            log_dir=log_dir, defaults=chosen)
     else:
         from hpo.study import create_study
 
-        create_study(cfg)
+        create_study(cfg, defaults=chosen)
         summary = _run_local(cfg.storage, cfg.study, local, threads, ctx.obj["quiet"], log_dir,
                              cfg.n_trials)
     _print_summary(summary, cfg.metric, fmt)
@@ -233,11 +234,12 @@ def _finish(ctx: click.Context, summary: Any) -> None:
 def create(config_path: str, allow: bool, **overrides: Any) -> None:
     """Create a study with its config, search space and data fingerprint; run no trial."""
     from hpo.checks import run_data_checks
+    from hpo.defaults import apply_defaults
     from hpo.study import create_study
 
     cfg = _load(config_path, **overrides)
-    run_data_checks(cfg, allow)
-    study = create_study(cfg, exist_ok=False)
+    cfg, chosen = apply_defaults(cfg, run_data_checks(cfg, allow))
+    study = create_study(cfg, exist_ok=False, defaults=chosen)
     click.echo(study.study_name)
 
 

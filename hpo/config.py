@@ -51,6 +51,9 @@ STUDY_KEYS = (
     "grace_period",
     "max_retry",
     "devices_per_trial",
+    "n_examples",
+    "n_tokens",
+    "start_with_recipe",
 )
 # Shared by both sides: the study uses them too, and the objective gets them.
 SHARED_KEYS = ("metric", "seed")
@@ -93,11 +96,16 @@ class StudyConfig:
     pruner: PrunerConfig
     search_space: str  # path of the search-space YAML file
     n_trials: int | None  # trials across all workers (complete + pruned + failed); None: no limit
-    timeout: float | None  # seconds each worker keeps starting trials; None: no limit
+    timeout: float | None  # study wall time (its trials' busy time), across workers; None: none
     seed: int  # seed of the sampler, the data splits and the training
     objective_config: Any  # the objective's frozen config dataclass (or a dict)
     storage_settings: StorageSettings = field(default_factory=StorageSettings)
     devices_per_trial: int = 1  # >1: each trial is a data-parallel job on that many devices
+    n_examples: int | None = None  # training examples of all trials together; None: no limit
+    n_tokens: int | None = None  # training tokens of all trials together; None: no limit
+    start_with_recipe: bool = True  # a new study's first trial is the task's usual recipe
+    # Keys the user set (file or flags); the rest defaulted. Not part of the config's identity.
+    given: frozenset[str] = field(default=frozenset(), compare=False)
 
     @property
     def device(self) -> str | None:
@@ -131,6 +139,9 @@ class StudyConfig:
             "grace_period": self.storage_settings.grace_period,
             "max_retry": self.storage_settings.max_retry,
             "devices_per_trial": self.devices_per_trial,
+            "n_examples": self.n_examples,
+            "n_tokens": self.n_tokens,
+            "start_with_recipe": self.start_with_recipe,
             **{
                 k: v
                 for k, v in spec.config_to_dict(self.objective_config).items()
@@ -149,6 +160,19 @@ def _named(source: str, key: str, value: Any, valid: tuple[str, ...]) -> tuple[s
     if name not in valid:
         raise ConfigError(f"{source}: {key}.name: unknown {key} {name!r} (valid: {', '.join(valid)})")
     return name, value
+
+
+def _count(source: str, key: str, value: Any) -> int | None:
+    """A count that YAML may give as a float (``1.0e6``); None stays None."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return _positive_int(source, key, value)
+
+
+def _flag(source: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: {key}: expected true or false, got {value!r}")
+    return value
 
 
 def _positive_int(source: str, key: str, value: Any, allow_none: bool = True) -> int | None:
@@ -219,7 +243,7 @@ def config_from_dict(
         )
     sampler_name, sampler_opts = _named(source, "sampler", data.get("sampler", "tpe"), SAMPLERS)
     pruner_name, pruner_opts = _named(source, "pruner", data.get("pruner", "median"), PRUNERS)
-    search_space = data.get("search_space")
+    search_space = data.get("search_space", "auto")  # auto: the objective's, sized to the data
     if not isinstance(search_space, str):
         raise ConfigError(f"{source}: search_space: expected the path of a YAML file, got {search_space!r}")
     timeout = data.get("timeout")
@@ -265,6 +289,10 @@ def config_from_dict(
         storage_settings=settings,
         devices_per_trial=_positive_int(source, "devices_per_trial",
                                         data.get("devices_per_trial", 1), allow_none=False),
+        n_examples=_count(source, "n_examples", data.get("n_examples")),
+        n_tokens=_count(source, "n_tokens", data.get("n_tokens")),
+        start_with_recipe=_flag(source, "start_with_recipe", data.get("start_with_recipe", True)),
+        given=frozenset(k for k, v in data.items() if v is not None),
     )
 
 

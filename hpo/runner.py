@@ -32,11 +32,14 @@ def run_study(
     quiet: bool = False,
     device: str | None = None,
     log_dir: str | None = None,
+    defaults: dict[str, str] | None = None,
 ) -> RunSummary:
-    """Create (or resume) the study of ``cfg`` and run trials in this process until its budget."""
+    """Create (or resume) the study of ``cfg`` and run trials in this process until its budget.
+
+    ``defaults``: the choices made for the user (stored and printed when the study is new)."""
     from hpo.search_space import search_space_from_dict
 
-    study = create_study(cfg)
+    study = create_study(cfg, defaults=defaults)
     space = search_space_from_dict(study.user_attrs["search_space"], cfg.search_space)
     seed = sampler_seed(study, cfg)
     worker_id = f"{socket.gethostname()}-{os.getpid()}"

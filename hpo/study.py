@@ -90,8 +90,19 @@ def versions() -> dict[str, str]:
 # --- study creation -----------------------------------------------------------------------
 
 
-def _load_space(cfg: StudyConfig, spec: ObjectiveSpec) -> SearchSpace:
-    space = load_search_space(cfg.search_space)
+def _load_space(cfg: StudyConfig, spec: ObjectiveSpec,
+                data: dict[str, Any] | None = None) -> SearchSpace:
+    from hpo.defaults import AUTO
+
+    if cfg.search_space == AUTO:
+        if spec.default_space is None:
+            raise SearchSpaceError(
+                f"search_space: objective {cfg.objective!r} has no automatic search space; give "
+                "the path of a YAML file")
+        space = search_space_from_dict(spec.default_space(cfg.objective_config, data or {}),
+                                       "auto search space")
+    else:
+        space = load_search_space(cfg.search_space)
     if spec.validate_space is not None:
         try:
             spec.validate_space(cfg.objective_config, space.distributions())
@@ -119,7 +130,8 @@ def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [k for k in keys if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)]
 
 
-def create_study(cfg: StudyConfig, *, exist_ok: bool = True) -> optuna.Study:
+def create_study(cfg: StudyConfig, *, exist_ok: bool = True,
+                 defaults: dict[str, str] | None = None) -> optuna.Study:
     """Create the study of ``cfg`` (or load it, when it exists with the same config).
 
     Validates the search space (also against the model) and the data before anything is
@@ -144,10 +156,10 @@ def create_study(cfg: StudyConfig, *, exist_ok: bool = True) -> optuna.Study:
 
     _quiet_optuna()
     spec = resolve_objective(cfg.objective)
-    space = _load_space(cfg, spec)
+    prepared = _prepare(cfg, spec)
+    space = _load_space(cfg, spec, prepared["data"])
     build_sampler(cfg.sampler, cfg.seed, space)  # their options: ConfigError before any write
     build_pruner(cfg.pruner)
-    prepared = _prepare(cfg, spec)
     storage = build_storage(cfg.storage, cfg.storage_settings, create=True)
     config_dict = json.loads(json.dumps(cfg.to_dict()))
     # One creator at a time per study name: another `hpo run` of the same study never sees it
@@ -158,7 +170,9 @@ def create_study(cfg: StudyConfig, *, exist_ok: bool = True) -> optuna.Study:
             _take_over_half_made(existing, storage, cfg)
             existing = None
         if existing is None:
-            return _new_study(storage, cfg, space, prepared, config_dict)
+            study = _new_study(storage, cfg, space, prepared, config_dict, defaults or {})
+            _start_with_recipe(study, cfg, spec, space)
+            return study
         return _resume(existing, cfg, space, prepared, config_dict, exist_ok)
 
 
@@ -204,14 +218,18 @@ def _new_study(
     space: SearchSpace,
     prepared: dict[str, Any],
     config_dict: dict[str, Any],
+    defaults: dict[str, str],
 ) -> optuna.Study:
     """Create the study and store what a worker needs; an interrupted creation leaves nothing."""
     import optuna
+
+    from hpo.defaults import describe
 
     study = optuna.create_study(
         study_name=cfg.study, storage=storage, direction=cfg.direction, load_if_exists=True
     )
     try:
+        study.set_user_attr("defaults", defaults)  # what was chosen for the user, and why
         _store_attrs(study, space, prepared, config_dict)
     except BaseException:
         # Ctrl-C (or a lost database) between creating the study and storing its config: a
@@ -221,7 +239,23 @@ def _new_study(
             if "hpo_config" not in study.user_attrs and not study.get_trials(deepcopy=False):
                 optuna.delete_study(study_name=cfg.study, storage=storage)
         raise
+    describe(defaults)
     return study
+
+
+def _start_with_recipe(study: optuna.Study, cfg: StudyConfig, spec: ObjectiveSpec,
+                       space: SearchSpace) -> None:
+    """Enqueue the task's usual recipe as a new study's first trial (fitted to the space)."""
+    from hpo.defaults import fit_recipe
+    from objectives import record
+
+    if not cfg.start_with_recipe or spec.recipe is None:
+        return
+    params = fit_recipe(spec.recipe(cfg.objective_config, list(space.distributions())), space)
+    if params:
+        study.enqueue_trial(params, user_attrs={record.RECIPE: "the usual recipe"})
+        _LOG.info("first trial: the usual recipe %s", ", ".join(f"{k}={v:g}" if isinstance(v, float)
+                                                              else f"{k}={v}" for k, v in params.items()))
 
 
 def _store_attrs(

@@ -140,7 +140,8 @@ def enqueue_from(
 
 
 def warm_start(
-    cfg: StudyConfig, source_name: str, top_k: int = 5, source_storage: str | None = None
+    cfg: StudyConfig, source_name: str, top_k: int = 5, source_storage: str | None = None,
+    defaults: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Create (or resume) the study of ``cfg`` and enqueue the best trials of ``source_name``.
 
@@ -166,7 +167,7 @@ def warm_start(
 
     if source_name == cfg.study and source_storage in (None, cfg.storage):
         raise WarmStartError(f"study {cfg.study!r} cannot warm-start from itself")
-    study = create_study(cfg)
+    study = create_study(cfg, defaults=defaults)
     source = open_study(source_storage or cfg.storage, source_name)
     space = search_space_from_dict(study.user_attrs["search_space"], cfg.search_space)
     with budget_lock(study, cfg.storage):

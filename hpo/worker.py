@@ -1,7 +1,7 @@
 """The worker loop of ``hpo run`` and ``hpo worker``: take a trial, run it, tell it, repeat.
 
-A worker runs trials until the study's global budget is used up (see :mod:`hpo.study`) or its
-timeout passes. A worker that dies costs one retried trial: its trial's heartbeat stops, the
+A worker runs trials until the study's global budget (trials, wall time, training examples or
+tokens: see :mod:`hpo.budget`) is used up. A worker that dies costs one retried trial: its trial's heartbeat stops, the
 next worker fails it and enqueues the same parameters again, and the objective may resume from
 the dead trial's last checkpoint. A worker stopped by SIGTERM/SIGINT hands its trial back at
 once. Workers stay while a trial they might have to take over is running.
@@ -294,7 +294,7 @@ def run_worker(
     on_trial: Callable[[optuna.trial.FrozenTrial, float], None] | None = None,
     on_start: Callable[[dict[str, int]], None] | None = None,
 ) -> RunSummary:
-    """Run trials until the study's global budget is used up or this worker's timeout passes.
+    """Run trials until the study's budget (trials, time, examples or tokens) is used up.
 
     Each trial records the worker that ran it (``worker``: host, pid, id, device, started_at)
     and its wall time. A failing trial is recorded as failed with the first line of its error
@@ -342,7 +342,6 @@ def run_worker(
     if poll_interval is None:
         poll_interval = min(2.0, float(cfg.storage_settings.heartbeat_interval or 2))
     t_start = time.monotonic()
-    deadline = t_start + cfg.timeout if cfg.timeout else math.inf
     local = _LocalWorkers()
     sharing = _SQLiteSharing(cfg.storage)
     signals = _Signals()
@@ -352,9 +351,6 @@ def run_worker(
     try:
         while True:
             signals.check()
-            if time.monotonic() >= deadline:
-                _LOG.info("timeout of %.0f s reached; this worker stops", cfg.timeout)
-                break
             trial, state = _take_trial(study, cfg)
             if first and on_start is not None:
                 on_start(state)
@@ -383,6 +379,22 @@ def run_worker(
     return summary
 
 
+def _compute_used_up(study: optuna.Study, cfg: StudyConfig) -> bool:
+    """Whether the study's time, example or token budget is used up (see :mod:`hpo.budget`).
+    Called where workers take trials one at a time, so it holds across workers."""
+    from hpo.budget import exhausted
+    from hpo.budget import has_compute_budget
+    from hpo.budget import usage
+
+    if not has_compute_budget(cfg):
+        return False
+    _optuna.forget_cached_trials(study)
+    why = exhausted(cfg, usage(study.get_trials(deepcopy=False)))
+    if why is not None:
+        _LOG.info("budget used up (%s): no new trial starts", why)
+    return why is not None
+
+
 def _take_trial(
     study: optuna.Study, cfg: StudyConfig
 ) -> tuple[optuna.Trial | None, dict[str, int]]:
@@ -404,7 +416,8 @@ def _take_trial(
         # PostgreSQL/MySQL: count and create in one transaction under the study's row lock.
         def allow(by_state: dict[str, int], n_retries: int) -> bool:
             state = _state(by_state, n_retries)
-            return state["waiting"] == 0 and (cfg.n_trials is None or state["counted"] < cfg.n_trials)
+            return (state["waiting"] == 0 and (cfg.n_trials is None or state["counted"] < cfg.n_trials)
+                    and not _compute_used_up(study, cfg))
 
         taken = take(_optuna.study_id(study), allow, beats)
         if taken is not None:
@@ -420,7 +433,10 @@ def _take_trial(
     trial = None
     with budget_lock(study, cfg.storage):
         state = budget_state(study)
-        if state["waiting"] == 0 and cfg.n_trials is not None and state["counted"] >= cfg.n_trials:
+        if state["waiting"] == 0 and (
+            (cfg.n_trials is not None and state["counted"] >= cfg.n_trials)
+            or _compute_used_up(study, cfg)
+        ):
             return None, state
         if state["waiting"] > 0:
             with quiet_optuna_warnings():

@@ -45,6 +45,10 @@ class ObjectiveSpec:
     # hpo export: (cfg, params, *, n_examples, seeds, include_validation, output_dir, merge)
     # -> objectives.final.FinalResult. Optional (no export without it).
     export: Callable[..., Any] | None = None
+    # The automatic search space, sized to the data: (cfg, data info) -> raw space. Optional.
+    default_space: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
+    # The usual recipe of the task: (cfg, names the space samples) -> params. Optional.
+    recipe: Callable[[Any, list[str]], dict[str, Any]] | None = None
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
@@ -59,6 +63,8 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         fingerprint=text_classification.fingerprint,
         check_data=text_classification.check_data,
         export=text_classification.export,
+        default_space=text_classification.default_space,
+        recipe=text_classification.recipe,
     ),
     "toy": ObjectiveSpec(
         fn=toy.objective,

@@ -30,6 +30,7 @@ FAIL_REASON = "fail_reason"
 WARM_START_FROM = "warm_start_from"
 WARM_START_TRIAL = "warm_start_trial"
 INFEASIBLE = "infeasible"
+RECIPE = "recipe"
 
 
 def _num(v: Any) -> float | None:
@@ -160,6 +161,7 @@ class WorkerRecord:
     infeasible: str | None = None  # why the configuration cannot run (e.g. out of memory)
     warm_start_from: str | None = None  # the study a warm-started trial's params come from
     warm_start_trial: int | None = None
+    recipe: str | None = None  # the enqueued usual recipe of the task (a new study's first trial)
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> WorkerRecord:
@@ -172,6 +174,7 @@ class WorkerRecord:
             warm_start_from=attrs.get(WARM_START_FROM)
             if isinstance(attrs.get(WARM_START_FROM), str) else None,
             warm_start_trial=_int(attrs.get(WARM_START_TRIAL)),
+            recipe=attrs.get(RECIPE) if isinstance(attrs.get(RECIPE), str) else None,
         )
 
     @property

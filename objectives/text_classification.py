@@ -230,6 +230,38 @@ def validate_space(cfg: TextClassificationConfig, distributions: dict[str, Any])
         describe_model(cfg.model, "sequence-classification").check_space(distributions)
 
 
+def default_space(cfg: TextClassificationConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """The automatic search space, sized to the data: batch sizes that give at least 25
+    optimizer steps per epoch on the training rows; freezing at most half the model's layers
+    (deeper freezing trains too little to pay at small budgets); ranges from practice."""
+    from objectives.models import describe_model
+
+    n_train = int(data.get("sizes", {}).get("train", 0))
+    if cfg.cv_folds:
+        n_train = (n_train + int(data.get("sizes", {}).get("validation", 0))) * (cfg.cv_folds - 1) // cfg.cv_folds
+    batches = [b for b in (8, 16, 32) if n_train >= 25 * b] or [8]
+    space: dict[str, Any] = {
+        "learning_rate": {"type": "float", "low": 1.0e-5, "high": 2.0e-4, "log": True},
+        "batch_size": {"type": "categorical", "choices": batches},
+        "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+        "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+    }
+    n_layers = describe_model(cfg.model, "sequence-classification").n_layers
+    if n_layers >= 2:
+        space["freeze_layers"] = {"type": "int", "low": 0, "high": n_layers // 2}
+    return space
+
+
+def recipe(cfg: TextClassificationConfig, names: list[str]) -> dict[str, Any]:
+    """The usual recipe (BERT's paper and HF's examples): full fine-tuning at 5e-5 (LoRA at
+    5e-4, r 8), batch 16, 10% warmup, weight decay 0.01, the model's own dropout."""
+    lora = "r" in names or "lora_alpha" in names
+    return {"learning_rate": 5e-4 if lora else 5e-5, "batch_size": 16, "freeze_layers": 0,
+            "weight_decay": 0.01, "warmup_ratio": 0.1, "lr_scheduler_type": "linear",
+            "dropout": 0.1, "finetuning": "lora" if lora else "full", "r": 8,
+            "lora_alpha": 16, "lora_dropout": 0.1}
+
+
 def objective(trial: optuna.Trial, params: dict[str, Any], cfg: TextClassificationConfig, *,
               resume: list[int] | None = None) -> float:
     """Fine-tune with ``params``; report ``cfg.metric`` at each fidelity step; return its best."""

@@ -109,6 +109,7 @@ def objective(trial: optuna.Trial, params: dict[str, Any], cfg: ToyConfig, *,
         raise RuntimeError("this configuration fails on purpose (param fail=true)")
     numbers = [float(v) for v in params.values() if isinstance(v, int | float) and not isinstance(v, bool)]
     final = sum((x - 0.3) ** 2 for x in numbers)
+    trial.set_user_attr("planned_examples", cfg.n_steps * cfg.examples_per_step)
     start, history = _resume(trial, cfg, list(resume or []))
     for entry in history:
         trial.report(entry["value"], int(entry["step"]))
