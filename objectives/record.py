@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
-__all__ = ["EvalPoint", "TrialRecord", "WorkerRecord"]
+__all__ = ["COSTS", "EvalPoint", "TrialRecord", "WorkerRecord"]
 
 # Attribute names written by the objective (besides the best point's metrics, see below).
 HISTORY = "history"
@@ -30,6 +30,10 @@ FAIL_REASON = "fail_reason"
 WARM_START_FROM = "warm_start_from"
 WARM_START_TRIAL = "warm_start_trial"
 INFEASIBLE = "infeasible"
+# What a trial costs, as recorded by every objective of the core; all are better smaller. A
+# study may optimize them beside its metric, or constrain them.
+COSTS = ("inference_ms", "train_seconds", "trial_seconds", "peak_memory_mb", "trainable_params",
+         "total_params", "examples_seen", "tokens_seen", "export_mb")
 RECIPE = "recipe"
 
 
@@ -89,6 +93,8 @@ class TrialRecord:
     folds: int | None = None  # cross-validation folds trained per step (None: one split)
     precision: str | None = None  # fp32, bf16, fp16 (resolved)
     peak_memory_mb: float | None = None
+    inference_ms: float | None = None  # per example, whole model, fixed batch, after set-up
+    export_mb: float | None = None  # what export would save: the adapter, or the whole model
     prefix_cached: bool | None = None
     resumed_from: dict[str, int] | None = None  # {"trial": n, "step": examples}
 
@@ -149,6 +155,12 @@ class TrialRecord:
     def metric(self, name: str) -> float | None:
         """The best evaluation's ``name`` (e.g. ``val_accuracy``), or None."""
         return _num(self.best.get(name))
+
+    def value(self, name: str) -> float | None:
+        """A metric at the best evaluation, or a cost (``inference_ms``...); None if unknown."""
+        if name in COSTS:
+            return _num(getattr(self, name))
+        return self.metric(name)
 
 
 @dataclass

@@ -107,8 +107,16 @@ def test_builtin_loads_with_stratified_splits(name: str, n_labels: int, n_rows: 
 
 
 def test_builtin_names_are_described() -> None:
-    assert sorted(BUILTIN_DATASETS) == ["rotten_tomatoes", "sms_spam", "trec"]
+    assert sorted(BUILTIN_DATASETS) == ["rotten_tomatoes", "sms_spam", "trec", "vader_sources"]
     assert all(isinstance(v, str) and v for v in BUILTIN_DATASETS.values())
+
+
+def test_vader_sources_labels_each_snippet_by_its_file() -> None:
+    """The 4-way source of the VADER ground-truth snippets, built from the package's files."""
+    splits = load_splits(DatasetConfig(name="vader_sources", max_examples=400), seed=0)
+    assert splits.label_names == ["amazon", "movie", "nyt", "tweet"]
+    assert sum(splits.info["sizes"].values()) == 400
+    assert set(splits.info["class_counts"]["train"]) == {"amazon", "movie", "nyt", "tweet"}
 
 
 def test_builtin_subsample_is_stratified() -> None:
