@@ -294,7 +294,7 @@ def test_import_does_not_load_datasets() -> None:
     [
         (
             {"name": "imdb"},
-            r"^unknown builtin dataset 'imdb' \(valid: rotten_tomatoes, sms_spam, trec\)$",
+            r"^unknown builtin dataset 'imdb' \(valid: rotten_tomatoes, sms_spam, trec, vader_sources\)$",
         ),
         ({}, r"^set exactly one dataset source .* but got: none$"),
         (
