@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
     from hpo.config import StudyConfig
 
-__all__ = ["Usage", "exhausted", "usage"]
+__all__ = ["STOPPED", "Usage", "exhausted", "stop_reason", "usage"]
+
+STOPPED = "stopped"  # study attr: why a stop rule stopped the study
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,52 @@ def exhausted(cfg: StudyConfig, used: Usage) -> str | None:
 def has_compute_budget(cfg: StudyConfig) -> bool:
     """Whether taking a trial must look at the trials' use (time, examples or tokens)."""
     return cfg.timeout is not None or cfg.n_examples is not None or cfg.n_tokens is not None
+
+
+def stop_reason(cfg: StudyConfig, trials: Sequence[FrozenTrial]) -> str | None:
+    """Why the study's stop rule stops it now, or None.
+
+    ``target``: a complete trial's metric reached it (at least, or at most when minimized).
+    ``patience`` (with ``min_delta``): that many complete trials in a row improved the best
+    value by less than ``min_delta``; with several objectives, that many complete trials in a
+    row did not enter the Pareto front.
+    """
+    from optuna.trial import TrialState
+
+    rule = cfg.stop or {}
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.values),
+                      key=lambda t: t.datetime_complete or datetime.datetime.max)
+    maximize = cfg.directions[0] == "maximize" if cfg.directions else cfg.direction == "maximize"
+    sign = -1.0 if maximize else 1.0
+    if "target" in rule:
+        for t in complete:
+            if sign * t.values[0] <= sign * rule["target"]:
+                return f"trial {t.number} reached the target {cfg.metric} {rule['target']:g}"
+    patience = int(rule.get("patience", 0))
+    if not patience or len(complete) <= patience:
+        return None
+    if len(cfg.metrics) > 1:
+        from hpo.pareto import nondominated_ranks
+
+        last_entry = 0
+        for i in range(len(complete)):
+            ranks = nondominated_ranks([t.values for t in complete[: i + 1]], cfg.directions)
+            if ranks[i] == 0:
+                last_entry = i
+        since = len(complete) - 1 - last_entry
+        if since >= patience:
+            return f"{since} trials in a row did not enter the Pareto front (patience {patience})"
+        return None
+    delta = float(rule.get("min_delta", 0.0))
+    best = sign * complete[0].values[0]
+    since = 0
+    for t in complete[1:]:
+        value = sign * t.values[0]
+        if value < best - delta:
+            best, since = min(best, value), 0
+        else:
+            best, since = min(best, value), since + 1
+    if since >= patience:
+        return (f"the best {cfg.metric} improved by less than {delta:g} in the last {since} "
+                f"trials (patience {patience})")
+    return None

@@ -173,7 +173,7 @@ def run(ctx: click.Context, config_path: str, fmt: str, threads: int | None,
         create_study(cfg, defaults=chosen)
         summary = _run_local(cfg.storage, cfg.study, local, threads, ctx.obj["quiet"], log_dir,
                              cfg.n_trials)
-    _print_summary(summary, cfg.metric, fmt)
+    _print_summary(summary, list(cfg.metrics) if cfg.multi_objective else cfg.metric, fmt)
     if report_path:
         from hpo.report import write_report
         from hpo.storage import redact_url
@@ -398,13 +398,21 @@ def delete_study(storage: str | None, study: str, yes: bool) -> None:
 @click.option("--include-validation", is_flag=True,
               help="Train on train + validation (said so in the metrics and model card).")
 @click.option("--merge", is_flag=True, help="LoRA: save the merged model instead of the adapter.")
+@click.option("--trial", "trial_number", type=click.IntRange(min=0),
+              help="Export this trial instead of the best (a study of several objectives: one "
+              "of its Pareto trials).")
+@click.option("--pick", metavar="RULE",
+              help="Choose the trial by a rule, e.g. \"max val_accuracy where inference_ms <= 5\".")
 def export(storage: str | None, study: str, output: str, seeds: int, include_validation: bool,
-           merge: bool) -> None:
+           merge: bool, trial_number: int | None, pick: str | None) -> None:
     """Retrain the best trial, test it once on the test split and save it with a model card."""
     from hpo.export import export_study
 
+    if trial_number is not None and pick is not None:
+        raise _InputError("--trial and --pick: give one")
     result = export_study(storage or DEFAULT_STORAGE, study, output, seeds=seeds,
-                          include_validation=include_validation, merge=merge)
+                          include_validation=include_validation, merge=merge,
+                          trial=trial_number, pick=pick)
     click.echo(result.summary_line())
 
 

@@ -60,8 +60,15 @@ def default_pruner(cfg: StudyConfig, n_train: int | None) -> tuple[PrunerConfig,
     its value there is in the best third of all trials' values at that rung.
     """
     objective = cfg.objective_config
-    evals = getattr(objective, "epochs", 0) * getattr(objective, "evals_per_epoch", 0)
+    evals = (getattr(objective, "epochs", 0) * getattr(objective, "evals_per_epoch", 0)
+             or getattr(objective, "n_steps", 0))
     folds = getattr(objective, "cv_folds", None)
+    if cfg.multi_objective:
+        if evals >= _MIN_SH_EVALS:
+            return (PrunerConfig("pareto-halving", {}),
+                    f"pareto-halving ({evals} evaluations per trial): at the 1st, 3rd, 9th... "
+                    "evaluation a trial goes on if in the best third by non-dominated rank")
+        return PrunerConfig("none", {}), f"none ({evals} evaluations per trial: too few)"
     if evals >= _MIN_SH_EVALS and n_train:
         rows = n_train * (folds - 1) // folds if folds else n_train
         segment = max(1, rows // getattr(objective, "evals_per_epoch", 1))
@@ -92,11 +99,13 @@ def apply_defaults(cfg: StudyConfig, findings: list[Finding],
             data = None  # create_study reports the data's problem
     n_train = int((data or {}).get("sizes", {}).get("train", 0)) or None
     changes: dict[str, Any] = {}
-    if "metric" not in cfg.given and "direction" not in cfg.given and "val_f1" in spec.metrics:
+    if ("metric" not in cfg.given and "direction" not in cfg.given and "val_f1" in spec.metrics
+            and not cfg.multi_objective):
         imbalance = next((f for f in findings if f.code == "class-imbalance"), None)
         if imbalance is not None and cfg.metric != "val_f1":
             ratio = imbalance.message.split("(")[1].split(")")[0]
             changes["metric"], changes["direction"] = "val_f1", spec.metrics["val_f1"]
+            changes["metrics"], changes["directions"] = ("val_f1",), (spec.metrics["val_f1"],)
             changes["objective_config"] = dataclasses.replace(cfg.objective_config, metric="val_f1")
             chosen["metric"] = f"val_f1 (macro-F1): training classes are imbalanced ({ratio})"
     if "search_space" not in cfg.given or cfg.search_space == AUTO:

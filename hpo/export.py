@@ -79,6 +79,8 @@ def export_study(
     seeds: int = 1,
     include_validation: bool = False,
     merge: bool = False,
+    trial: int | None = None,
+    pick: str | None = None,
 ) -> ExportResult:
     """Retrain the best trial of study ``name``, test it once per seed and save it to ``output``.
 
@@ -122,15 +124,13 @@ def export_study(
             f"study {name!r} uses objective {cfg.objective!r}, which has no export (registered "
             "objectives such as text_classification have one)"
         )
-    if len(study.directions) > 1:
-        raise ExportError(f"study {name!r} has {len(study.directions)} objectives; export the "
-                          "one trial you choose (see hpo best)")
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
         raise ExportError(
             f"study {name!r} has no complete trial to export; run trials first "
             "(hpo run / hpo worker)"
         )
-    best = study.best_trial
+    best = _chosen_trial(study, complete, cfg, trial, pick)
     n_examples = TrialRecord.from_attrs(best.user_attrs).best_step
     if n_examples is None or n_examples < 1:
         raise ExportError(f"trial {best.number} of study {name!r} has no best_step to retrain to")
@@ -170,6 +170,35 @@ def export_study(
     return ExportResult(directory=out, metrics=metrics)
 
 
+def _chosen_trial(study: optuna.Study, complete: list[Any], cfg: Any, number: int | None,
+                  pick: str | None) -> Any:
+    """The trial to export: ``--trial N``, the trial ``--pick`` chooses, or the best one."""
+    from hpo.pareto import parse_pick
+    from objectives import resolve_objective
+    from objectives.record import COSTS
+
+    several = len(study.directions) > 1
+    if number is not None:
+        found = [t for t in complete if t.number == number]
+        if not found:
+            raise ExportError(f"study {study.study_name!r} has no complete trial {number} "
+                              f"(complete: {', '.join(str(t.number) for t in complete[:20])})")
+        return found[0]
+    if pick is not None:
+        known = [*resolve_objective(cfg.objective).metrics, *COSTS]
+        chosen = parse_pick(pick, known).pick(complete, study)
+        if chosen is None:
+            raise ExportError(f"--pick {pick!r}: no complete trial of study "
+                              f"{study.study_name!r} meets it")
+        return chosen
+    if several:
+        front = ", ".join(str(t.number) for t in sorted(study.best_trials, key=lambda t: t.number))
+        raise ExportError(
+            f"study {study.study_name!r} has {len(study.directions)} objectives: choose a trial "
+            f"with --trial N (Pareto front: {front}) or --pick \"max METRIC where COST <= X\"")
+    return study.best_trial
+
+
 def _check_fingerprint(study: optuna.Study, cfg: Any, spec: Any) -> None:
     expected = study.user_attrs.get("data_fingerprint")
     try:
@@ -187,14 +216,14 @@ def _check_fingerprint(study: optuna.Study, cfg: Any, spec: Any) -> None:
 
 
 def _metrics(study: optuna.Study, best: optuna.trial.FrozenTrial, result: FinalResult) -> dict[str, Any]:
-    metric = study.user_attrs["hpo_config"]["metric"]
+    metric = _primary(study.user_attrs["hpo_config"])
     first = result.seeds[0]
     check = None
     if first.validation is not None:
         search = next(
             (p.metrics[metric] for p in TrialRecord.from_attrs(best.user_attrs).history
              if p.step == result.n_examples and metric in p.metrics),
-            best.value,
+            best.values[0],
         )
         retrain = first.validation[metric]
         match = abs(retrain - search) <= _VALUE_TOLERANCE * max(1.0, abs(search))
@@ -247,7 +276,7 @@ def _run_record(
         "config": attrs["hpo_config"],  # loadable with `hpo run --config` (add search_space)
         "search_space": attrs.get("search_space"),
         "trial": {
-            "number": best.number, "value": best.value, "params": best.params,
+            "number": best.number, "value": best.values[0], "params": best.params,
             "best_step": record.best_step,
             "val_accuracy": record.metric("val_accuracy"),
             "val_f1": record.metric("val_f1"),
@@ -261,6 +290,12 @@ def _run_record(
         "data": result.data,
         "versions": {"search": attrs.get("versions"), "export": versions()},
     }
+
+
+def _primary(config: dict[str, Any]) -> str:
+    """The study's metric (the first of several)."""
+    metric = config.get("metric")
+    return str(metric[0] if isinstance(metric, list) else metric)
 
 
 def _fmt(v: Any) -> str:
@@ -331,7 +366,7 @@ def _model_card(
         "",
         f"- trained on: {result.trained_on} "
         f"({_split_rows(data, result.trained_on)} rows), for {result.n_examples} training examples "
-        f"(where the trial's {config.get('metric')} was best), with the search's "
+        f"(where the trial's {_primary(config)} was best), with the search's "
         f"learning-rate schedule for {config.get('epochs')} epoch(s)",
         f"- seeds: {', '.join(str(s.seed) for s in result.seeds)} (the saved model is seed "
         f"{result.seeds[0].seed}'s; the data splits use the study's seed {config.get('seed')})",
@@ -363,17 +398,17 @@ def _model_card(
     else:
         lines.append("- data checks: clean")
     best_metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in record.best.items()
-                             if k != config.get("metric"))
+                             if k != _primary(config))
     lines += [
         "",
         "## Study",
         "",
         f"- study: `{study.study_name}` in `{run['storage']}`",
-        f"- objective: {config.get('objective')}, metric {config.get('metric')} "
+        f"- objective: {config.get('objective')}, metric {_primary(config)} "
         f"({config.get('direction')}), sampler {_fmt(config.get('sampler', {}).get('name'))}, "
         f"pruner {_fmt(config.get('pruner', {}).get('name'))}, seed {config.get('seed')}",
         "- trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v),
-        f"- best trial: {best.number}, {config.get('metric')} {_fmt(best.value)}"
+        f"- exported trial: {best.number}, {_primary(config)} {_fmt(best.values[0])}"
         + (f", {best_metrics}" if best_metrics else ""),
         "",
         "## Library versions",

@@ -251,6 +251,7 @@ def run_local_workers(
         and WorkerRecord.from_attrs(t.user_attrs).worker_id in names
     )
     summary.best = best_trial_info(study)
+    summary.stopped = study.user_attrs.get("stopped")
     summary.seconds = time.monotonic() - t0
     if got["signal"] is not None:
         summary.interrupted = signal.Signals(got["signal"]).name

@@ -127,7 +127,16 @@ def summary_text(summary: RunSummary, metric: str) -> str:
     lines = [f"study {summary.study}: {counts} ({summary.ran} run here in {summary.seconds:.0f} s)"]
     if summary.interrupted:
         lines.append(f"interrupted by {summary.interrupted}: the running trial was handed back")
+    if summary.stopped:
+        lines.append(f"stopped early: {summary.stopped}")
     best = summary.best
+    if best is not None and "pareto" in best:
+        names = metric if isinstance(metric, list) else [metric]
+        lines.append(f"Pareto front ({len(best['pareto'])} trial(s)): " + ", ".join(names))
+        for t in best["pareto"]:
+            values = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, t["values"], strict=False))
+            lines.append(f"  #{t['number']}: {values}")
+        return "\n".join(lines)
     if best is None:
         lines.append("no trial has completed yet")
     else:
@@ -156,7 +165,8 @@ def progress(total: int | None, quiet: bool) -> Iterator[Any]:
         def line(self, frozen: optuna.trial.FrozenTrial, seconds: float,
                  worker: str | None = None) -> None:
             state = frozen.state.name.lower()
-            value = "" if frozen.value is None else f" value={frozen.value:.4f}"
+            shown = frozen.values or []
+            value = " value=" + "/".join(f"{v:.4f}" for v in shown) if shown else ""
             accuracy = TrialRecord.from_attrs(frozen.user_attrs).metric("val_accuracy")
             acc = f" acc={accuracy:.3f}" if accuracy is not None else ""
             why = WorkerRecord.from_attrs(frozen.user_attrs).fail_reason
@@ -190,6 +200,8 @@ def best_text(study: optuna.Study, fmt: str) -> str:
     if info is None:
         return f"study {study.study_name}: no trial has completed yet"
     metric = study.user_attrs.get("hpo_config", {}).get("metric", "value")
+    if "pareto" in info:
+        return _pareto_text(study, info, metric if isinstance(metric, list) else [metric])
     lines = [f"best trial #{info['number']} of study {study.study_name}: {metric}={info['value']:.6g}"]
     a = info["user_attrs"]
     for key in ("val_loss", "val_accuracy", "val_f1", "best_step", "examples_seen", "train_seconds"):
@@ -197,4 +209,21 @@ def best_text(study: optuna.Study, fmt: str) -> str:
             lines.append(f"  {key}: {_cell(a[key])}")
     lines.append("  params:")
     lines += [f"    {k}: {_cell(v)}" for k, v in info["params"].items()]
+    return "\n".join(lines)
+
+
+def _pareto_text(study: optuna.Study, info: dict[str, Any], names: list[str]) -> str:
+    """The Pareto set of a study of several objectives, and how many trials are infeasible."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    infeasible = [t.number for t in complete if any(v > 0 for v in t.constraints.values())]
+    lines = [f"Pareto front of study {study.study_name} ({len(info['pareto'])} of "
+             f"{len(complete)} complete trials; {len(infeasible)} infeasible, left out):"]
+    rows = [{"trial": t["number"], **dict(zip(names, t["values"], strict=False)), **t["params"]}
+            for t in info["pareto"]]
+    lines.append(format_rows(rows, "table"))
+    if infeasible:
+        why = {t.number: WorkerRecord.from_attrs(t.user_attrs).infeasible for t in complete}
+        lines += [f"  infeasible #{n}: {why[n] or 'constraint violated'}" for n in infeasible[:10]]
     return "\n".join(lines)

@@ -102,7 +102,7 @@ def run_study_worker(
         summary = run_worker(study, cfg, space, seed=seed, threads=threads, worker_id=worker_id,
                              device=device, failure_log=failure_log(log_dir, name, worker_id),
                              ranks=ranks, on_trial=bar.line, on_start=bar.start)
-    return summary, cfg.metric
+    return summary, list(cfg.metrics) if cfg.multi_objective else cfg.metric
 
 
 def failure_log(log_dir: str | None, study: str, worker_id: str) -> Path | None:

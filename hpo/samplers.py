@@ -46,6 +46,7 @@ def build_sampler(cfg: SamplerConfig, seed: int | None, space: SearchSpace) -> o
     options.setdefault("seed", seed)
     classes = {
         "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
         "random": optuna.samplers.RandomSampler,
         "gp": optuna.samplers.GPSampler,
         "cmaes": optuna.samplers.CmaEsSampler,
@@ -119,6 +120,14 @@ def build_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
     import optuna
 
     options = dict(cfg.options)
+    if cfg.name == "pareto-halving":
+        from hpo.pareto import ParetoHalving
+
+        try:
+            ParetoHalving(**options)  # its options are checked here; the worker runs it
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"pruner 'pareto-halving': {str(exc).split(') ', 1)[-1]}") from None
+        return optuna.pruners.NopPruner()  # optuna's pruners take one objective
     warmup = options.pop("warmup", None)
     if warmup is not None:
         if isinstance(warmup, bool) or not isinstance(warmup, int | float) or not 0 <= warmup < 1:

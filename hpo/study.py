@@ -226,7 +226,8 @@ def _new_study(
     from hpo.defaults import describe
 
     study = optuna.create_study(
-        study_name=cfg.study, storage=storage, direction=cfg.direction, load_if_exists=True
+        study_name=cfg.study, storage=storage, directions=list(cfg.directions or [cfg.direction]),
+        load_if_exists=True,
     )
     try:
         study.set_user_attr("defaults", defaults)  # what was chosen for the user, and why

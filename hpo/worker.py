@@ -46,6 +46,7 @@ from hpo.study import budget_lock
 from hpo.study import budget_state
 from hpo.study import fail_stale
 from objectives import record
+from objectives.record import TrialRecord
 
 if TYPE_CHECKING:
     import optuna
@@ -77,6 +78,7 @@ class RunSummary:
     best: dict[str, Any] | None = None  # number, value, params, user attrs of the best trial
     seconds: float = 0.0
     worker: dict[str, Any] = field(default_factory=dict)  # host, pid and id of this worker
+    stopped: str | None = None  # why a stop rule stopped the study early
 
 
 class _LocalWorkers:
@@ -121,11 +123,18 @@ def _counts(study: optuna.Study) -> dict[str, int]:
 
 
 def best_trial_info(study: optuna.Study) -> dict[str, Any] | None:
-    """The best complete trial as a JSON-able dict, or None if no trial completed."""
+    """The best complete trial as a JSON-able dict (with several objectives: ``pareto``, the
+    feasible Pareto front), or None if no trial completed."""
     from optuna.trial import TrialState
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None
+    if len(study.directions) > 1:
+        front = sorted(study.best_trials, key=lambda t: t.number)
+        return {"pareto": [{"number": t.number, "values": t.values, "params": t.params,
+                            "user_attrs": {k: v for k, v in t.user_attrs.items()
+                                           if k not in ("history", "intermediate")}}
+                           for t in front]}
     t = study.best_trial
     attrs = {k: v for k, v in t.user_attrs.items() if k != "history"}
     return {"number": t.number, "value": t.value, "params": t.params, "user_attrs": attrs}
@@ -368,6 +377,8 @@ def run_worker(
                 summary.ran += 1
                 if on_trial is not None:
                     on_trial(*result)
+                if cfg.stop is not None:
+                    _apply_stop_rule(study, cfg)
     except WorkerInterrupted as exc:
         summary.interrupted = str(exc)
     finally:
@@ -375,17 +386,22 @@ def run_worker(
         local.close()
     summary.counts = _counts(study)
     summary.best = best_trial_info(study)
+    summary.stopped = study.user_attrs.get("stopped")
     summary.seconds = time.monotonic() - t_start
     return summary
 
 
 def _compute_used_up(study: optuna.Study, cfg: StudyConfig) -> bool:
-    """Whether the study's time, example or token budget is used up (see :mod:`hpo.budget`).
-    Called where workers take trials one at a time, so it holds across workers."""
+    """Whether the study's time, example or token budget is used up (see :mod:`hpo.budget`),
+    or a stop rule stopped it. Called where workers take trials one at a time, so it holds
+    across workers."""
+    from hpo.budget import STOPPED
     from hpo.budget import exhausted
     from hpo.budget import has_compute_budget
     from hpo.budget import usage
 
+    if cfg.stop is not None and STOPPED in study.user_attrs:
+        return True
     if not has_compute_budget(cfg):
         return False
     _optuna.forget_cached_trials(study)
@@ -393,6 +409,21 @@ def _compute_used_up(study: optuna.Study, cfg: StudyConfig) -> bool:
     if why is not None:
         _LOG.info("budget used up (%s): no new trial starts", why)
     return why is not None
+
+
+def _apply_stop_rule(study: optuna.Study, cfg: StudyConfig) -> None:
+    """Stop the study early when its stop rule says so (``stop: {patience, min_delta}`` or
+    ``{target}``): every worker then starts no new trial; the summary and report say why."""
+    from hpo.budget import STOPPED
+    from hpo.budget import stop_reason
+
+    if STOPPED in study.user_attrs:
+        return
+    _optuna.forget_cached_trials(study)
+    why = stop_reason(cfg, study.get_trials(deepcopy=False))
+    if why is not None:
+        study.set_user_attr(STOPPED, why)
+        _LOG.warning("study stopped early: %s", why)
 
 
 def _take_trial(
@@ -498,6 +529,7 @@ def _run_one(
 
     t0 = time.perf_counter()
     value: float | None = None
+    values: list[float] | None = None
     state = TrialState.COMPLETE
     try:
         with _Heartbeat(study, _optuna.trial_id(trial)):
@@ -509,13 +541,21 @@ def _run_one(
                     kwargs["resume"] = _optuna.retry_history(trial)
                 if ranks is not None:
                     ranks({"number": trial.number, "params": params, **kwargs})
+                seen = _MultiObjectiveTrial(trial, study, cfg) if cfg.multi_objective else trial
                 with signals.interruptible():
-                    value = float(spec.fn(trial, params, cfg.objective_config, **kwargs))
+                    value = float(spec.fn(seen, params, cfg.objective_config, **kwargs))
                 if not math.isfinite(value):
                     trial.set_user_attr(record.FAIL_REASON, f"the objective returned {value}")
                     state = TrialState.FAIL
+                else:
+                    values, missing = _objective_values(trial, cfg, value)
+                    if missing:
+                        trial.set_user_attr(record.FAIL_REASON, f"the trial recorded no {missing}")
+                        state = TrialState.FAIL
+                _constrain(trial, cfg)
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
+                _constrain(trial, cfg)
             except WorkerInterrupted as exc:
                 _hand_back(study, trial, f"interrupted by {exc}; handed back to the study")
                 raise
@@ -540,7 +580,7 @@ def _run_one(
                 state = TrialState.FAIL
         seconds = time.perf_counter() - t0
         trial.set_user_attr(record.WALL_SECONDS, round(seconds, 3))
-        frozen = _tell(study, trial, value if state == TrialState.COMPLETE else None, state)
+        frozen = _tell(study, trial, values if state == TrialState.COMPLETE else None, state)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Either another worker failed it as stale (we lost the database for longer than the
         # grace period), or a retried tell had in fact been stored: the stored state decides.
@@ -552,6 +592,81 @@ def _run_one(
     return frozen, time.perf_counter() - t0
 
 
+def _objective_values(trial: optuna.Trial, cfg: StudyConfig,
+                      value: float) -> tuple[list[float], str | None]:
+    """The value of each of the study's objectives: what the objective returned for the metric,
+    the others (metrics at its best evaluation, costs) from what the trial recorded."""
+    from hpo.pareto import objective_values
+
+    if not cfg.multi_objective:
+        return [value], None
+    rec = TrialRecord.from_attrs(_optuna.frozen_of(trial).user_attrs)
+    rest = objective_values(rec, cfg.metrics[1:])
+    if rest is None:
+        missing = next(n for n in cfg.metrics[1:] if rec.value(n) is None)
+        return [], missing
+    return [value, *rest], None
+
+
+def _constrain(trial: optuna.Trial, cfg: StudyConfig) -> None:
+    """The study's constraints as optuna constraints (a violation > 0 is infeasible), for the
+    sampler to learn the feasible region; a trial that recorded no such value stays unmarked."""
+    if not cfg.constraints:
+        return
+    rec = TrialRecord.from_attrs(_optuna.frozen_of(trial).user_attrs)
+    broken = []
+    for name, op, bound in cfg.constraints:
+        value = rec.value(name)
+        if value is None:
+            continue
+        violation = value - bound if op == "max" else bound - value
+        trial.set_constraint(name, violation)
+        if violation > 0:
+            broken.append(f"{name} {value:g} {'>' if op == 'max' else '<'} {bound:g}")
+    if broken:
+        trial.set_user_attr(record.INFEASIBLE, "; ".join(broken))
+
+
+class _MultiObjectiveTrial:
+    """The trial an objective sees in a study of several objectives. optuna refuses
+    ``report``/``should_prune`` there; this keeps each evaluation's metrics in the trial
+    (``intermediate``) and asks hpo's pareto-halving rule (:mod:`hpo.pareto`) whether to stop.
+    Everything else is the trial's own."""
+
+    def __init__(self, trial: optuna.Trial, study: optuna.Study, cfg: StudyConfig) -> None:
+        from hpo.pareto import ParetoHalving
+
+        self._trial, self._study, self._cfg = trial, study, cfg
+        self._seen: dict[str, dict[str, float]] = {}
+        self._step: int | None = None
+        rule = cfg.pruner.options if cfg.pruner.name == "pareto-halving" else None
+        self._rule = ParetoHalving(**rule) if rule is not None else None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+    def report(self, value: float, step: int) -> None:
+        self.report_point(step, {self._cfg.metric: float(value)})
+
+    def report_point(self, step: int, metrics: dict[str, float]) -> None:
+        from hpo.pareto import INTERMEDIATE
+
+        self._seen[str(int(step))] = {k: float(v) for k, v in metrics.items()}
+        self._step = int(step)
+        self._trial.set_user_attr(INTERMEDIATE, dict(self._seen))
+
+    def should_prune(self) -> bool:
+        if self._rule is None or self._step is None:
+            return False
+        planned = TrialRecord.from_attrs(_optuna.frozen_of(self._trial).user_attrs).planned_examples
+        if planned is not None and self._step >= planned:
+            return False  # its last evaluation: stopping there saves nothing
+        _optuna.forget_cached_trials(self._study)
+        trials = self._study.get_trials(deepcopy=False)
+        return self._rule.should_stop(trials, self._trial.number, self._step,
+                                      list(self._cfg.metrics), list(self._cfg.directions))
+
+
 def _reason(exc: BaseException) -> str:
     """The first line of an error, as a trial's ``fail_reason``."""
     message = str(exc).splitlines()[0] if str(exc) else ""
@@ -559,7 +674,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _tell(
-    study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState
+    study: optuna.Study, trial: optuna.Trial, values: list[float] | None, state: TrialState
 ) -> optuna.trial.FrozenTrial:
     """``study.tell``, the way ``study.optimize`` does it, without reading the whole trial back
     from the storage before and after (six queries each): the trial object holds what this
@@ -569,7 +684,7 @@ def _tell(
     frozen = _optuna.frozen_of(trial)
     if backend is not None and hasattr(backend, "remember_trial"):
         backend.remember_trial(frozen)  # tell reads it back otherwise
-    state, values = _optuna.tell(study, trial, [value] if value is not None else None, state)
+    state, values = _optuna.tell(study, trial, values, state)
     frozen = copy.deepcopy(frozen)
     frozen.state = state
     frozen.values = values

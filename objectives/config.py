@@ -44,6 +44,9 @@ class TrainConfig:
         "help": "examples per forward pass: a larger batch_size accumulates the gradients of "
         "several (memory stays bounded; steps still count examples); null: the whole batch"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping; 0: none"})
+    models_in_memory: int = field(default=2, metadata={
+        "help": "pretrained models a worker keeps loaded (the model as a hyperparameter); the "
+        "least recently used beyond it are dropped"})
     prefix_cache_mb: int = field(default=1024, metadata={
         "help": "memory for frozen-layer outputs kept across trials (MiB, on the device); 0: none"})
     cache_dir: str | None = field(default=".hpo_cache", metadata={
@@ -73,6 +76,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if isinstance(self.models_in_memory, bool) or not isinstance(self.models_in_memory, int) \
+                or self.models_in_memory < 1:
+            raise ValueError(f"models_in_memory must be an integer >= 1, got {self.models_in_memory!r}")
         if self.micro_batch_size is not None and (
                 isinstance(self.micro_batch_size, bool) or not isinstance(self.micro_batch_size, int)
                 or self.micro_batch_size < 1):

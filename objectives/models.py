@@ -200,6 +200,7 @@ def get_resources(
     cache_dir: str | None,
     prefix_cache_mb: int,
     device: str = "cpu",
+    keep: int = 2,
 ) -> Resources:
     """Load (once per process and device) the tokenizer, the pretrained model and the tokenized
     splits; the model goes to ``device`` (a resolved device such as ``cuda:0``)."""
@@ -248,15 +249,21 @@ def get_resources(
         device=device,
         pad_id=int(tokenizer.pad_token_id),
     )
-    remember(res)
+    remember(res, keep)
     return res
 
 
-def remember(res: Resources) -> None:
-    """Keep ``res`` for later trials; the least recently used beyond the bound are dropped."""
+def remember(res: Resources, keep: int = _MAX_RESOURCES) -> None:
+    """Keep ``res`` for later trials; beyond ``keep`` models the least recently used are
+    dropped (and what they held on their device released)."""
+    from objectives.devices import release_memory
+
     _RESOURCES[res.key] = res
-    while len(_RESOURCES) > _MAX_RESOURCES:
-        _RESOURCES.popitem(last=False)
+    while len(_RESOURCES) > max(1, keep):
+        _, dropped = _RESOURCES.popitem(last=False)
+        device = dropped.device
+        del dropped
+        release_memory(device)
 
 
 def cached_resources(key: tuple[Any, ...]) -> Resources | None:

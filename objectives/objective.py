@@ -60,7 +60,10 @@ def run_trial(trial: optuna.Trial, params: TrainParams, task: Task, *,
         resume_from = found[1] if found is not None else None
 
     def on_eval(point: Any) -> bool:
-        trial.report(point.metrics[cfg.metric], point.step)
+        if hasattr(trial, "report_point"):  # a study of several objectives: every metric
+            trial.report_point(point.step, point.metrics)
+        else:
+            trial.report(point.metrics[cfg.metric], point.step)
         return trial.should_prune()
 
     def on_start(record: TrialRecord) -> None:

@@ -201,7 +201,7 @@ def task_for(cfg: TextClassificationConfig, device: str | None = None) -> TextCl
                   else resolve_device(cfg.device))
     splits = load_splits(cfg.dataset, cfg.seed)
     res = get_resources(cfg.model, splits, cfg.max_length, cfg.cache_dir, cfg.prefix_cache_mb,
-                        device)
+                        device, keep=cfg.models_in_memory)
     return TextClassificationTask(cfg, res)
 
 
@@ -217,17 +217,41 @@ def fingerprint(cfg: TextClassificationConfig) -> str:
 
 
 def validate_space(cfg: TextClassificationConfig, distributions: dict[str, Any]) -> None:
-    """Check every sampled hyperparameter's name and range, also against the model's structure.
+    """Check every sampled hyperparameter's name and range, also against the model's structure
+    (against every model, when ``model`` itself is a categorical entry of the space).
 
     Raises:
         ValueError: naming the parameter, e.g. a freezing depth beyond the model's layers.
     """
+    from optuna.distributions import CategoricalDistribution
+
     from objectives.models import describe_model
 
+    models = [cfg.model]
     for name, dist in distributions.items():
+        if name == "model":
+            if not isinstance(dist, CategoricalDistribution) or not all(
+                    isinstance(c, str) and c for c in dist.choices):
+                raise ValueError("model: the model as a hyperparameter is a categorical entry of "
+                                 "model names, e.g. {type: categorical, choices: [minilm, mpnet]}")
+            models = list(dist.choices)
+            continue
         TrainParams.check_distribution(name, dist)
-    if any(name in distributions for name in TrainParams.MODEL_CHECKED):
-        describe_model(cfg.model, "sequence-classification").check_space(distributions)
+    for model in models:
+        info = describe_model(model, "sequence-classification")  # also: the model exists
+        if any(name in distributions for name in TrainParams.MODEL_CHECKED):
+            info.check_space(distributions)
+
+
+def split_model(cfg: TextClassificationConfig, params: dict[str, Any]) -> tuple[
+        TextClassificationConfig, dict[str, Any]]:
+    """The config with the model the trial sampled (``model`` in the space), and the rest."""
+    import dataclasses
+
+    if "model" not in params:
+        return cfg, params
+    rest = {k: v for k, v in params.items() if k != "model"}
+    return dataclasses.replace(cfg, model=str(params["model"])), rest
 
 
 def default_space(cfg: TextClassificationConfig, data: dict[str, Any]) -> dict[str, Any]:
@@ -267,6 +291,7 @@ def objective(trial: optuna.Trial, params: dict[str, Any], cfg: TextClassificati
     """Fine-tune with ``params``; report ``cfg.metric`` at each fidelity step; return its best."""
     from objectives.objective import run_trial
 
+    cfg, params = split_model(cfg, params)
     return run_trial(trial, TrainParams.from_params(params), task_for(cfg), resume=resume)
 
 
@@ -291,6 +316,7 @@ def export(cfg: TextClassificationConfig, params: dict[str, Any], *, n_examples:
     from objectives.final import FinalResult
     from objectives.final import retrain
 
+    cfg, params = split_model(cfg, params)
     task = task_for(cfg)
     splits = task.res.splits
     result = FinalResult(

@@ -110,6 +110,12 @@ def objective(trial: optuna.Trial, params: dict[str, Any], cfg: ToyConfig, *,
     numbers = [float(v) for v in params.values() if isinstance(v, int | float) and not isinstance(v, bool)]
     final = sum((x - 0.3) ** 2 for x in numbers)
     trial.set_user_attr("planned_examples", cfg.n_steps * cfg.examples_per_step)
+    # Costs that trade off against the value (several objectives, constraints): a toy latency
+    # and memory, known before the first step like the core's.
+    x, y = (float(params.get(k, 0.0)) if isinstance(params.get(k), int | float) else 0.0
+            for k in ("x", "y"))
+    trial.set_user_attr("inference_ms", round(1.0 + (x + 0.5) ** 2, 6))
+    trial.set_user_attr("peak_memory_mb", round(100.0 + 50.0 * (y + 1.0), 3))
     start, history = _resume(trial, cfg, list(resume or []))
     for entry in history:
         trial.report(entry["value"], int(entry["step"]))

@@ -18,6 +18,7 @@ from hpo.report._info import _ImportancesInfo
 from hpo.report._info import _LearningCurvesInfo
 from hpo.report._info import _ParetoFrontInfo
 from hpo.report._info import _TimelineInfo
+from hpo.report._info import _TradeoffInfo
 from hpo.report._study import _STATE_ORDER
 from hpo.report._study import _complete
 from hpo.report._study import _metric_names
@@ -322,3 +323,35 @@ def _pareto_figure(study: optuna.Study, info: _ParetoFrontInfo) -> go.Figure:
         _escaped_for_plotly(study), target_names=[_t(n) for n in info.metric_names]
     )
     return _layout(fig, 480)
+
+
+def _tradeoff_figure(info: _TradeoffInfo) -> go.Figure:
+    """The metric against each cost: the Pareto trials, the other feasible ones, the infeasible
+    ones, and each constraint's bound as a dashed line."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(info.costs), shared_yaxes=True, horizontal_spacing=0.06)
+    groups = (
+        ("Pareto front", lambda p: p.on_front and p.feasible, _BEST_COLOR, "star", 11),
+        ("feasible", lambda p: not p.on_front and p.feasible, _STATE_COLORS["COMPLETE"], "circle", 7),
+        ("infeasible", lambda p: not p.feasible, "#7f7f7f", "x", 7),
+    )
+    for col, cost in enumerate(info.costs, start=1):
+        for name, keep, color, symbol, size in groups:
+            points = [p for p in info.points if keep(p) and cost in p.costs]
+            if not points:
+                continue
+            fig.add_scatter(
+                x=[p.costs[cost] for p in points], y=[p.quality for p in points],
+                text=[f"trial {p.number} ({p.state.lower()})" for p in points], mode="markers",
+                name=name, legendgroup=name, showlegend=col == 1,
+                marker={"color": color, "symbol": symbol, "size": size, "opacity": 0.8},
+                hovertemplate="%{text}<br>%{x:.4g}: %{y:.4g}<extra></extra>", row=1, col=col,
+            )
+        if cost in info.bounds:
+            op, bound = info.bounds[cost]
+            fig.add_vline(x=bound, line_dash="dash", line_color="#d62728", row=1, col=col,
+                          annotation_text=f"{op} {bound:g}")
+        fig.update_xaxes(title_text=_t(cost), row=1, col=col)
+    fig.update_yaxes(title_text=_t(info.metric_name), row=1, col=1)
+    return _layout(fig, 420)

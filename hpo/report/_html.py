@@ -116,6 +116,10 @@ def _summary_html(info: _SummaryInfo) -> str:
     if info.wall_seconds is not None:
         wall = f"{_fmt_seconds(info.wall_seconds)} · {workers} · at most {info.max_concurrent} trial(s) at once"
     rows.append(("Wall time", wall))
+    if info.stopped:
+        rows.append(("Stopped early", _e(info.stopped)))
+    if info.defaults:
+        rows.append(("Chosen by hpo", "<br>".join(f"{_e(k)}: {_e(v)}" for k, v in info.defaults.items())))
     if info.created_at:
         rows.append(("Created", _e(info.created_at)))
     body = "\n".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)

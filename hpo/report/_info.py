@@ -316,3 +316,50 @@ def _get_pareto_front_info(study: optuna.Study) -> _ParetoFrontInfo | None:
         front_numbers=[t.number for t in _best_trials(study)],
         n_complete=len(_complete(study)),
     )
+
+
+class _TradeoffPoint(NamedTuple):
+    number: int
+    state: str
+    quality: float
+    costs: dict[str, float]
+    feasible: bool
+    on_front: bool
+
+
+class _TradeoffInfo(NamedTuple):
+    metric_name: str
+    costs: list[str]
+    bounds: dict[str, tuple[str, float]]  # cost -> ("max"|"min", bound)
+    points: list[_TradeoffPoint]
+
+
+def _get_tradeoff_info(study: optuna.Study) -> _TradeoffInfo | None:
+    """The study's metric against each cost it optimizes or constrains (with the constraint's
+    bound): None unless the study has several objectives or constraints."""
+    from objectives.record import COSTS
+
+    cfg = study.user_attrs.get("hpo_config")
+    if not isinstance(cfg, dict):
+        return None
+    metrics = cfg.get("metric") if isinstance(cfg.get("metric"), list) else [cfg.get("metric")]
+    constraints = cfg.get("constraints") or {}
+    if len(metrics) < 2 and not constraints:
+        return None
+    bounds = {name: next(iter(b.items())) for name, b in constraints.items() if isinstance(b, dict) and b}
+    costs = [m for m in [*metrics[1:], *bounds] if m in COSTS]
+    costs = list(dict.fromkeys(costs))
+    front = {t.number for t in _best_trials(study)} if len(study.directions) > 1 else set()
+    points = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        record = _record(t)
+        quality = (t.values[0] if t.state == TrialState.COMPLETE and t.values
+                   else record.metric(str(metrics[0])))
+        values = {c: v for c in costs if (v := record.value(c)) is not None}
+        if quality is None or not values:
+            continue
+        feasible = all(v <= 0 for v in t.constraints.values())
+        points.append(_TradeoffPoint(t.number, t.state.name, float(quality), values, feasible,
+                                     t.number in front))
+    return _TradeoffInfo(str(metrics[0]), costs, {k: (v[0], float(v[1])) for k, v in bounds.items()},
+                         points)

@@ -18,6 +18,7 @@ from hpo.report._figures import _parallel_figure
 from hpo.report._figures import _pareto_figure
 from hpo.report._figures import _slice_figure
 from hpo.report._figures import _timeline_figure
+from hpo.report._figures import _tradeoff_figure
 from hpo.report._html import _e
 from hpo.report._info import _get_contour_info
 from hpo.report._info import _get_efficiency_info
@@ -26,6 +27,7 @@ from hpo.report._info import _get_importances_info
 from hpo.report._info import _get_learning_curves_info
 from hpo.report._info import _get_pareto_front_info
 from hpo.report._info import _get_timeline_info
+from hpo.report._info import _get_tradeoff_info
 from hpo.report._info import _ranked_params
 from hpo.report._study import _complete
 from hpo.report._study import _metric_names
@@ -166,6 +168,18 @@ def _sections(study: optuna.Study, now: datetime.datetime) -> list[_Section]:
                 f"{len(pareto.front_numbers)} trial(s) on the front of {pareto.n_complete} complete.",
                 _pareto_figure(study, pareto) if can_plot else None,
                 note,
+            )
+        )
+    tradeoff = _get_tradeoff_info(study)
+    if tradeoff is not None and tradeoff.costs:
+        sections.append(
+            _Section(
+                "tradeoffs",
+                "Quality against cost",
+                f"{_e(tradeoff.metric_name)} against each cost the study optimizes or constrains; "
+                "dashed: a constraint's bound; grey crosses: infeasible trials.",
+                _tradeoff_figure(tradeoff) if tradeoff.points else None,
+                None if tradeoff.points else "No complete or pruned trial has its costs yet.",
             )
         )
     return sections

@@ -53,6 +53,8 @@ class _SummaryInfo(NamedTuple):
     is_running: bool
     snapshot_at: datetime.datetime
     created_at: str | None
+    stopped: str | None = None  # why a stop rule stopped the study early
+    defaults: dict[str, str] | None = None  # what hpo chose for the user, and why
 
 
 def _describe(spec: Any) -> str | None:
@@ -186,4 +188,7 @@ def _get_summary_info(
         is_running=by_state["RUNNING"] > 0 or by_state["WAITING"] > 0,
         snapshot_at=now,
         created_at=None if created is None else str(created),
+        stopped=str(study.user_attrs["stopped"]) if study.user_attrs.get("stopped") else None,
+        defaults={str(k): str(v) for k, v in study.user_attrs.get("defaults", {}).items()}
+        if isinstance(study.user_attrs.get("defaults"), dict) else None,
     )
