@@ -470,6 +470,8 @@ def build_storage(
             "postgresql+psycopg://USER:PASSWORD@HOST/DB, mysql+pymysql://USER:PASSWORD@HOST/DB, "
             "journal:///FILE or inmemory"
         )
+    if dialect == "sqlite":
+        _check_sqlite_url(url)
     heartbeat: dict[str, Any] = {}
     if settings.heartbeat_interval > 0:
         heartbeat = {
@@ -540,6 +542,26 @@ def _missing_driver(url: str, module: str) -> str:
     if bundled is not None and not url.startswith(bundled):
         line += f", or use {bundled}... (installed with hpo)"
     return line
+
+
+def _check_sqlite_url(url: str) -> None:
+    """An SQLite URL must name a file: in-memory SQLite keeps nothing, per connection.
+
+    Each pooled connection (the main thread, heartbeats, the budget lock) would get a database
+    of its own: a run stalled for ``db_retry_seconds`` on tables that are not there, and the
+    results would be gone with the process anyway.
+    """
+    rest = url.split("://", 1)[1].split("?", 1)[0]
+    if rest in ("", "/", "/:memory:"):
+        raise StorageError(
+            f"storage {redact_url(url)!r} is an in-memory SQLite database, which keeps nothing "
+            "after the command; give a file, e.g. sqlite:///studies.db"
+        )
+    if not rest.startswith("/"):
+        raise StorageError(
+            f"storage {redact_url(url)!r}: an SQLite URL has three slashes before a relative "
+            f"path (sqlite:///{rest}) and four before an absolute one"
+        )
 
 
 def _check_file(path: Path, url: str, create: bool, kind: str) -> None:

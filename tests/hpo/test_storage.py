@@ -235,6 +235,10 @@ def test_a_bad_url_or_file_fails_at_once(url: str, match: str, tmp_path: Path,
         ("redis://localhost", "unsupported storage URL"),
         ("studies.db", "unsupported storage URL"),
         ("sqlite:////no/such/dir/x.db", "directory '/no/such/dir' does not exist"),
+        ("sqlite://", "is an in-memory SQLite database, which keeps nothing after the command"),
+        ("sqlite:///", "is an in-memory SQLite database"),
+        ("sqlite:///:memory:", "is an in-memory SQLite database"),
+        ("sqlite://studies.db", r"three slashes before a relative path \(sqlite:///studies.db\)"),
     ],
 )
 def test_bad_urls(url: str, match: str) -> None:
