@@ -1,7 +1,7 @@
 """Read a config or search-space YAML file: one clear input error for any bad file.
 
 Both files are plain data: anchors and aliases (``&a`` / ``*a``) are refused at the first
-alias. A few nested aliases ("billion laughs") expand to billions of values, which hpo then
+alias, and a key given twice in one mapping is an error (YAML keeps the last one silently). A few nested aliases ("billion laughs") expand to billions of values, which hpo then
 walked, copied and printed for minutes before failing.
 """
 
@@ -53,6 +53,11 @@ def read_yaml(path: Path, what: str, error: type[HPOInputError]) -> Any:
             f"{path}: line {exc.line}: YAML aliases (*{exc.anchor}) are not allowed in the {what}; "
             "write the values out"
         ) from None
+    except _DuplicateKeyError as exc:
+        raise error(
+            f"{path}: line {exc.line}: duplicate key {exc.key!r}; each key may appear once "
+            "(YAML would keep only the last)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -65,15 +70,35 @@ class _AliasError(Exception):
         self.anchor, self.line = anchor, line
 
 
+class _DuplicateKeyError(Exception):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
 def _loader() -> type:
-    """yaml.SafeLoader that stops at the first alias, before anything is expanded."""
+    """yaml.SafeLoader that stops at the first alias, before anything is expanded, and at the
+    first key given twice in one mapping (YAML itself keeps the last one without a word)."""
     import yaml
 
-    class NoAliasLoader(yaml.SafeLoader):
+    class StrictLoader(yaml.SafeLoader):
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
                 raise _AliasError(event.anchor, event.start_mark.line + 1)
             return super().compose_node(parent, index)
 
-    return NoAliasLoader
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    break
+                if duplicate:
+                    raise _DuplicateKeyError(key, key_node.start_mark.line + 1)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader

@@ -282,7 +282,9 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
         raw = yaml.safe_load(config.read_text())
         if change.startswith("space:"):
             space = tmp_path / "bad_space.yaml"
-            space.write_text(Path(raw["search_space"]).read_text() + change[len("space:"):])
+            entries = yaml.safe_load(Path(raw["search_space"]).read_text())
+            entries.update(yaml.safe_load(change[len("space:"):]))  # replaces an entry
+            space.write_text(yaml.safe_dump(entries))
             raw["search_space"] = str(space)
         else:
             one = write_csv(tmp_path / "one.csv", [{"text": f"t {i}", "label": "a"} for i in range(30)])

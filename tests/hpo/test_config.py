@@ -161,3 +161,24 @@ def test_nested_yaml_aliases_are_refused_before_they_expand(tmp_path: Path, what
         load(path)
     assert str(info.value) == (f"{path}: line 4: YAML aliases (*a) are not allowed in the {what}; "
                                "write the values out")
+
+
+@pytest.mark.parametrize("what", ["config", "search space"])
+def test_a_key_given_twice_is_refused(tmp_path: Path, what: str) -> None:
+    """YAML keeps the last of two equal keys without a word: n_trials: 50 ... n_trials: 5 ran 5
+    trials, and a search space's second `lr` replaced the first."""
+    from hpo.errors import SearchSpaceError
+    from hpo.search_space import load_search_space
+
+    path = tmp_path / "twice.yaml"
+    if what == "config":
+        path.write_text("study: s\nn_trials: 50\nsearch_space: x.yaml\nn_trials: 5\n")
+        load, error, key, line = load_config, ConfigError, "n_trials", 4
+    else:
+        path.write_text("lr: {type: float, low: 0.1, high: 1}\n"
+                        "bs: {type: int, low: 1, high: 4, low: 2}\n")
+        load, error, key, line = load_search_space, SearchSpaceError, "low", 2
+    with pytest.raises(error) as info:
+        load(path)
+    assert str(info.value) == (f"{path}: line {line}: duplicate key {key!r}; each key may appear "
+                               "once (YAML would keep only the last)")
