@@ -167,8 +167,9 @@ def warm_start(
 
     if source_name == cfg.study and source_storage in (None, cfg.storage):
         raise WarmStartError(f"study {cfg.study!r} cannot warm-start from itself")
-    study = create_study(cfg, defaults=defaults)
+    # The source first: a missing one must not leave the new study created behind it.
     source = open_study(source_storage or cfg.storage, source_name)
+    study = create_study(cfg, defaults=defaults)
     space = search_space_from_dict(study.user_attrs["search_space"], cfg.search_space)
     with budget_lock(study, cfg.storage):
         k = top_k

@@ -167,6 +167,9 @@ def test_unknown_or_same_source_is_one_line_exit_2(source: optuna.Study, tmp_pat
     result = invoke("run", "--config", str(config), "--warm-start-from", "nope")
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: no study named 'nope' in sqlite:///")
+    assert result.stderr.strip().endswith("(studies: old)")
+    # Bad input changes nothing: the new study is not created before the source is found.
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'toy.db'}") == ["old"]
     result = invoke("run", "--config", str(config), "--warm-start-from", "new")
     assert result.exit_code == 2
     assert result.stderr.strip() == "Error: study 'new' cannot warm-start from itself"
