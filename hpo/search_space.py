@@ -199,6 +199,8 @@ def _distribution(source: str, name: str, entry: dict[str, Any]) -> BaseDistribu
         step = entry.get("step")
         if step is not None:
             step = _number(source, name, "step", step, kind)
+            if step <= 0:  # an int step of 0 used to become 1 without a word
+                raise SearchSpaceError(f"{source}: {name}.step: expected a number > 0, got {step}")
         if low > high:
             raise SearchSpaceError(
                 f"{source}: {name}: `low <= high` must hold, but got low={low}, high={high}"

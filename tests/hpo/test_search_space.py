@@ -106,6 +106,9 @@ def test_conditional_entries_are_sampled_only_when_enabled() -> None:
          "a.condition: cyclic conditions a -> b -> a"),
         ("- a\n- b", "expected a mapping of parameter name to entry, got list"),
         ("lr: {type: float, low: 0.1, high: [oops", "not valid YAML at line 2"),
+        ("n: {type: int, low: 0, high: 4, step: 0}", "n.step: expected a number > 0, got 0"),
+        ("x: {type: float, low: 0, high: 1, step: -0.5}",
+         "x.step: expected a number > 0, got -0.5"),
         ("n: {type: int, low: 1, high: 10, step: 4}",
          "n: `(high - low)` must be a multiple of `step`, but got low=1, high=10, step=4 "
          "(e.g. high=9 or high=13)"),
