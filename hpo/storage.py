@@ -482,6 +482,7 @@ def build_storage(
     path = sqlite_path(url)
     if path is not None:
         _check_file(path, url, create, "SQLite database")
+        _check_sqlite_header(path, url, create)
         _warn_network_fs(path)
     cls = retrying_rdb_class()
     last: Exception | None = None
@@ -579,6 +580,24 @@ def _check_file(path: Path, url: str, create: bool, kind: str) -> None:
     if path.parent and not path.parent.exists():
         raise StorageError(
             f"storage {redact_url(url)!r}: directory {str(path.parent)!r} does not exist"
+        )
+
+
+def _check_sqlite_header(path: Path, url: str, create: bool) -> None:
+    """An existing file must be an SQLite database before anything (a lock file, tables) is
+    made beside or in it; an empty one is a database only for commands that may create one."""
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        if not create:
+            raise StorageError(f"no SQLite database at {path}: the file is empty; check --storage")
+        return
+    if head != b"SQLite format 3\x00":
+        raise StorageError(
+            f"storage {redact_url(url)!r}: {path} is not an SQLite database (it lacks SQLite's "
+            "header); check --storage"
         )
 
 

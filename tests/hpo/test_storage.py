@@ -223,7 +223,8 @@ def test_a_bad_url_or_file_fails_at_once(url: str, match: str, tmp_path: Path,
     sleeps: list[float] = []
     monkeypatch.setattr("hpo.storage.time.sleep", sleeps.append)
     (tmp_path / "notes.txt").write_text("not a database, but long enough to be read as one\n" * 20)
-    url = url.replace("TMP", str(tmp_path))
+    url = url.replace("TMP", str(tmp_path)).replace("notes.txt", "notes.db")
+    (tmp_path / "notes.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)  # damaged
     with pytest.raises(StorageError, match=f"^cannot open storage .*{match}"):
         build_storage(url)
     assert sleeps == []
@@ -290,6 +291,31 @@ def test_a_journal_url_on_a_file_that_is_not_a_journal(
     assert line.startswith(f"Error: {message}") and line.endswith(
         "give a journal written by optuna or hpo, or the name of a new file")
     assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_a_file_that_is_not_sqlite_is_refused_before_anything_is_made(
+    tmp_path: Path, create: bool
+) -> None:
+    """A CSV given as the SQLite file used to get a '.lock' file beside it (and a cryptic
+    'file is not a database'); an empty file got optuna's tables from a read-only command."""
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\ngood,1\n")
+    with pytest.raises(StorageError, match=f"{data} is not an SQLite database \\(it lacks "):
+        build_storage(f"sqlite:///{data}", create=create)
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    if create:
+        with opened(f"sqlite:///{empty}"):
+            pass
+        assert empty.stat().st_size > 0
+    else:
+        with pytest.raises(StorageError, match=f"^no SQLite database at {empty}: the file is empty"):
+            build_storage(f"sqlite:///{empty}")
+        assert empty.stat().st_size == 0
+    assert not (tmp_path / "reviews.csv.lock").exists()
+    if not create:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "reviews.csv"]
 
 
 def test_a_fifo_as_storage_file_is_refused_without_opening_it(tmp_path: Path) -> None:
