@@ -25,6 +25,10 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # one line, not click's usage and hint lines
+            if exc.ctx is not None and exc.ctx.obj and exc.ctx.obj.get("debug"):
+                raise
+            raise _InputError(exc.format_message().splitlines()[0]) from None
         except HPOError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -290,13 +294,12 @@ def worker(ctx: click.Context, storage: str | None, study: str, threads: int | N
 
 
 def _print_summary(summary: Any, metric: str, fmt: str) -> None:
-    import json
     from dataclasses import asdict
 
     from hpo.output import summary_text
+    from hpo.output import to_json
 
-    click.echo(json.dumps(asdict(summary), default=str, indent=2) if fmt == "json"
-               else summary_text(summary, metric))
+    click.echo(to_json(asdict(summary)) if fmt == "json" else summary_text(summary, metric))
 
 
 @cli.command()
@@ -424,15 +427,14 @@ def export(storage: str | None, study: str, output: str, seeds: int, include_val
 @click.pass_context
 def check_data(ctx: click.Context, config_path: str, seed: int | None, fmt: str) -> None:
     """Check a study's data: leakage, conflicting labels, duplicates, imbalance, length."""
-    import json
-
     from hpo.checks import check_data as run_checks
     from hpo.output import format_rows
+    from hpo.output import to_json
 
     findings = run_checks(_load(config_path, None, seed=seed))
     rows = [f.to_dict() for f in findings]
     if fmt == "json":
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(to_json(rows))
     else:
         click.echo(format_rows([{k: r[k] for k in ("severity", "code", "message")} for r in rows],
                                fmt) if rows else "data checks: clean")

@@ -76,7 +76,7 @@ def study_rows(storage: Any) -> list[dict[str, Any]]:
         counts: dict[str, int] = {}
         for t in study.get_trials(deepcopy=False):
             counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-        config = s.user_attrs.get("hpo_config", {})
+        config = c if isinstance(c := s.user_attrs.get("hpo_config"), dict) else {}
         rows.append(
             {
                 "study": s.study_name,
@@ -199,7 +199,8 @@ def best_text(study: optuna.Study, fmt: str) -> str:
         return to_json(info)
     if info is None:
         return f"study {study.study_name}: no trial has completed yet"
-    metric = study.user_attrs.get("hpo_config", {}).get("metric", "value")
+    stored = study.user_attrs.get("hpo_config")
+    metric = stored.get("metric", "value") if isinstance(stored, dict) else "value"
     if "pareto" in info:
         return _pareto_text(study, info, metric if isinstance(metric, list) else [metric])
     lines = [f"best trial #{info['number']} of study {study.study_name}: {metric}={info['value']:.6g}"]

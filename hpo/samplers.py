@@ -18,9 +18,38 @@ if TYPE_CHECKING:
 __all__ = ["build_pruner", "build_sampler"]
 
 
+def _check_types(kind: str, name: str, cls: Any, options: dict[str, Any]) -> None:
+    """Each option of the same kind as its default (a number for a number, a bool for a bool):
+    a wrong type would otherwise fail every trial, not the config."""
+    import inspect
+
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in options.items():
+        default = params[key].default if key in params else inspect.Parameter.empty
+        if default is inspect.Parameter.empty or default is None or value is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int | float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+                ok = value.is_integer()
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{kind} {name!r}: {key}: expected {type(default).__name__} like "
+                              f"its default {default!r}, got {value!r}")
+
+
 def _construct(kind: str, name: str, cls: Any, options: dict[str, Any]) -> Any:
     import optuna
 
+    _check_types(kind, name, cls, options)
     try:
         with warnings.catch_warnings():
             # QMC, GP and the patient pruner are "experimental" in optuna 5; we offer them anyway.

@@ -396,7 +396,12 @@ def token_lengths(model: str, texts: Sequence[str]) -> list[int]:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model))
-    except OSError as exc:
+    except ValueError as exc:
+        if type(exc).__name__ == "PackagedModelError":
+            raise
+        raise ValueError(f"model {model!r}: cannot load its tokenizer "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    except Exception as exc:  # OSError, and whatever a broken folder makes transformers raise
         raise ValueError(
             f"model {model!r}: not a local model directory and not reachable as a hub id "
             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"

@@ -95,6 +95,10 @@ class TrainConfig:
                 isinstance(self.cv_folds, bool) or not isinstance(self.cv_folds, int)
                 or not 2 <= self.cv_folds <= 20):
             raise ValueError(f"cv_folds must be an integer in [2, 20] or null, got {self.cv_folds!r}")
+        for key in ("cache_dir", "checkpoint_dir"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{key} must be a directory path or null, got {value!r}")
         if not isinstance(self.deterministic, bool):
             raise ValueError(f"deterministic must be true or false, got {self.deterministic!r}")
 

@@ -342,7 +342,9 @@ def describe_model(model: str, kind: str = "sequence-classification") -> ModelIn
 
     try:
         config = transformers.AutoConfig.from_pretrained(resolve_model_path(model))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
+        if type(exc).__name__ == "PackagedModelError":
+            raise
         raise ValueError(
             f"model {model!r}: not a local model directory and not reachable as a hub id "
             f"({str(exc).splitlines()[0]})"

@@ -45,6 +45,12 @@ class ToyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for key in ("n_steps", "examples_per_step"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{key} must be an integer, got {value!r}")
+        if isinstance(self.sleep, bool) or not isinstance(self.sleep, int | float):
+            raise ValueError(f"sleep must be a number of seconds, got {self.sleep!r}")
         if self.n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {self.n_steps}")
         if self.sleep < 0:
