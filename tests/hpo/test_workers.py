@@ -404,7 +404,9 @@ def test_killed_worker_trial_is_retried_from_checkpoint(
     url = backend_url(backend, tmp_path)
     checkpoints = tmp_path / "checkpoints"
     with study_in(url) as name:
-        config = write_config(tmp_path, name, n_trials=3, n_steps=10, sleep=0.2,
+        # Trials of 40 steps: seconds left after the 2nd step for the kill to land mid-trial,
+        # also on a loaded machine.
+        config = write_config(tmp_path, name, n_trials=3, n_steps=40, sleep=0.1,
                               checkpoint_dir=str(checkpoints))
         assert_clean(runner.run("create", "--config", str(config), "--storage", url))
         workers = runner.workers(3, url, name)
@@ -443,7 +445,9 @@ def test_sigterm_hands_trial_back(
     url = backend_url(backend, tmp_path)
     checkpoints = tmp_path / "checkpoints"
     with study_in(url) as name:
-        config = write_config(tmp_path, name, n_trials=3, n_steps=6, sleep=0.12,
+        # Trials of 40 steps: seconds left after the 2nd step for the signal to land mid-trial,
+        # also on a loaded machine.
+        config = write_config(tmp_path, name, n_trials=3, n_steps=40, sleep=0.06,
                               checkpoint_dir=str(checkpoints))
         assert_clean(runner.run("create", "--config", str(config), "--storage", url))
         workers = runner.workers(2, url, name)
