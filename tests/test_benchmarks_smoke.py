@@ -63,3 +63,12 @@ def test_hpo_runs_fewer_statements_per_trial_than_optuna() -> None:
     # 2 params + 10 reports: hpo's loop runs about a third of optuna's statements.
     assert counts["hpo"]["statements"] <= 25 < 50 <= counts["optuna"]["statements"]
     assert counts["hpo"]["INSERT"] >= 12  # the reports, params and attrs did reach the database
+
+
+def test_hypervolume_of_a_two_objective_front() -> None:
+    from benchmarks.pareto import hypervolume
+
+    # Accuracy maximized, latency minimized, reference (0.5, 10): two steps of area.
+    points = [(0.9, 2.0), (0.8, 1.0), (0.7, 3.0), (0.4, 0.5)]  # (0.7, 3) dominated, 0.4 < ref
+    assert hypervolume(points, (0.5, 10.0)) == pytest.approx(0.3 * 1.0 + 0.4 * 8.0)
+    assert hypervolume([], (0.5, 10.0)) == 0.0
