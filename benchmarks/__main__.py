@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from benchmarks import images
 from benchmarks import overhead
 from benchmarks import pruning
 from benchmarks import search
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "search": search.run,
     "pruning": pruning.run,
     "overhead": overhead.run,
+    "images": images.run,
 }
 
 

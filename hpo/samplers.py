@@ -31,6 +31,16 @@ def _check_types(kind: str, name: str, cls: Any, options: dict[str, Any]) -> Non
         default = params[key].default if key in params else inspect.Parameter.empty
         if default is inspect.Parameter.empty or default is None or value is None:
             continue
+        annotation = params[key].annotation
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        kinds = {k.strip() for k in text.split("|")} & {"str", "int", "float", "bool"}
+        if len(kinds) > 1:  # e.g. min_resource: str | int = "auto"
+            ok = (type(value).__name__ in kinds
+                  or ("float" in kinds and isinstance(value, int) and not isinstance(value, bool)))
+            if not ok:
+                raise ConfigError(f"{kind} {name!r}: {key}: expected {' or '.join(sorted(kinds))}, "
+                                  f"got {value!r}")
+            continue
         if isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, int | float):

@@ -18,7 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from objectives import image_classification
 from objectives import text_classification
+from objectives import text_regression
+from objectives import token_classification
 from objectives import toy
 
 __all__ = ["OBJECTIVES", "ObjectiveSpec", "check_allowed", "resolve_objective"]
@@ -65,6 +68,42 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         export=text_classification.export,
         default_space=text_classification.default_space,
         recipe=text_classification.recipe,
+    ),
+    "image_classification": ObjectiveSpec(
+        fn=image_classification.objective,
+        config_from_dict=image_classification.ImageClassificationConfig.from_dict,
+        config_to_dict=image_classification.ImageClassificationConfig.to_dict,
+        metrics=image_classification.METRICS,
+        prepare=image_classification.prepare,
+        validate_space=image_classification.validate_space,
+        resumes=True,
+        fingerprint=image_classification.fingerprint,
+        check_data=image_classification.check_data,
+        export=image_classification.export,
+    ),
+    "text_regression": ObjectiveSpec(
+        fn=text_regression.objective,
+        config_from_dict=text_regression.TextRegressionConfig.from_dict,
+        config_to_dict=text_regression.TextRegressionConfig.to_dict,
+        metrics=text_regression.METRICS,
+        prepare=text_regression.prepare,
+        validate_space=text_regression.validate_space,
+        resumes=True,
+        fingerprint=text_regression.fingerprint,
+        check_data=text_regression.check_data,
+        export=text_regression.export,
+    ),
+    "token_classification": ObjectiveSpec(
+        fn=token_classification.objective,
+        config_from_dict=token_classification.TokenClassificationConfig.from_dict,
+        config_to_dict=token_classification.TokenClassificationConfig.to_dict,
+        metrics=token_classification.METRICS,
+        prepare=token_classification.prepare,
+        validate_space=token_classification.validate_space,
+        resumes=True,
+        fingerprint=token_classification.fingerprint,
+        check_data=token_classification.check_data,
+        export=token_classification.export,
     ),
     "toy": ObjectiveSpec(
         fn=toy.objective,

@@ -266,6 +266,14 @@ def remember(res: Resources, keep: int = _MAX_RESOURCES) -> None:
         release_memory(device)
 
 
+def cached_resources(key: tuple[Any, ...]) -> Resources | None:
+    """The resources loaded for ``key`` in this process, if any (now the most recently used)."""
+    if key in _RESOURCES:
+        _RESOURCES.move_to_end(key)
+        return _RESOURCES[key]
+    return None
+
+
 def clear_resources() -> None:
     """Forget every loaded model (tests)."""
     _RESOURCES.clear()

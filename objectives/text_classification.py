@@ -22,6 +22,7 @@ from objectives.data import DatasetConfig
 from objectives.data import data_fingerprint
 from objectives.data import load_splits
 from objectives.params import TrainParams
+from objectives.params import hp
 
 if TYPE_CHECKING:
     import optuna
@@ -34,12 +35,82 @@ __all__ = [
     "METRICS",
     "TextClassificationConfig",
     "TextClassificationTask",
+    "TextParams",
+    "augment_ids",
     "objective",
     "prepare",
     "validate_space",
 ]
 
 METRICS = {"val_loss": "minimize", "val_accuracy": "maximize", "val_f1": "maximize"}
+
+
+@dataclass(frozen=True)
+class TextParams(TrainParams):
+    """The hyperparameters of text tasks (classification, regression): every task's, plus
+    word-level augmentation of the training texts."""
+
+    word_dropout: float = hp(0.0, low=0.0, high=0.5,
+                             help="probability of dropping each word of a training text (one "
+                             "word always stays); 0: off")
+    random_swap: float = hp(0.0, low=0.0, high=0.5,
+                            help="probability of swapping each word of a training text with "
+                            "another word of it; 0: off")
+
+    @property
+    def augmented(self) -> bool:
+        return self.word_dropout > 0 or self.random_swap > 0
+
+
+def word_starts(tokenizer: Any) -> np.ndarray:
+    """For each token id, whether it begins a word: WordPiece marks continuations (``##``),
+    byte-level BPE and SentencePiece mark beginnings (``Ġ``, ``▁``); otherwise every token is a
+    word. Special tokens are marked too (they are never moved or dropped)."""
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    tokens = [t if isinstance(t, str) else "" for t in tokens]
+    if any(t.startswith("##") for t in tokens):
+        starts = np.array([not t.startswith("##") for t in tokens])
+    elif sum(t.startswith(("\u0120", "\u2581")) for t in tokens) > len(tokens) // 10:
+        starts = np.array([t.startswith(("\u0120", "\u2581")) for t in tokens])
+    else:
+        starts = np.ones(len(tokens), dtype=bool)
+    return starts
+
+
+def augment_ids(ids: np.ndarray, starts: np.ndarray, special: set[int],
+                rng: np.random.Generator, word_dropout: float, random_swap: float) -> np.ndarray:
+    """One training text's token ids with words dropped and swapped (EDA's random deletion and
+    random swap, on words of word pieces). The leading and trailing special tokens stay.
+
+    Args:
+        starts: per token id, whether it begins a word (see :func:`word_starts`).
+        special: the tokenizer's special token ids.
+    """
+    lo, hi = 0, len(ids)
+    while lo < hi and int(ids[lo]) in special:
+        lo += 1
+    while hi > lo and int(ids[hi - 1]) in special:
+        hi -= 1
+    words: list[list[int]] = []
+    for t in ids[lo:hi].tolist():
+        if not words or (t < len(starts) and starts[t]) or t >= len(starts):
+            words.append([t])
+        else:
+            words[-1].append(t)
+    if len(words) < 2:
+        return ids
+    if word_dropout > 0:
+        keep = rng.random(len(words)) >= word_dropout
+        if not keep.any():
+            keep[rng.integers(len(words))] = True
+        words = [w for w, k in zip(words, keep, strict=True) if k]
+    if random_swap > 0 and len(words) > 1:
+        for i in np.flatnonzero(rng.random(len(words)) < random_swap).tolist():
+            j = int(rng.integers(len(words) - 1))
+            j += j >= i  # another word
+            words[i], words[j] = words[j], words[i]
+    middle = [t for w in words for t in w]
+    return np.concatenate([ids[:lo], np.asarray(middle, dtype=ids.dtype), ids[hi:]])
 
 
 @dataclass(frozen=True)
@@ -84,6 +155,7 @@ class TextClassificationTask:
         self.prefix_cache = res.prefix_cache
         self.key = res.key
         self.n_classes = len(res.splits.label_names)
+        self.params: TextParams | None = None  # the trial's, when it augments (see augments)
         if res.fast is None:
             res.fast = self._fast_paths()
         self.fast = res.fast
@@ -122,12 +194,32 @@ class TextClassificationTask:
     def lengths(self, split: str) -> np.ndarray:
         return self.res.encoded[split].lengths
 
+    def augments(self, params: TrainParams) -> bool:
+        """Whether ``params`` augment the training texts (the core then passes a generator)."""
+        self.params = params if isinstance(params, TextParams) and params.augmented else None
+        return self.params is not None
+
+    def augmented(self, examples: Sequence[tuple[np.ndarray, Any]],
+                  rng: np.random.Generator | None) -> Sequence[tuple[np.ndarray, Any]]:
+        """``examples`` with their words dropped and swapped (training batches of a trial
+        that augments), else as they are."""
+        p = self.params
+        if rng is None or p is None:
+            return examples
+        if "word_starts" not in self.res.extra:
+            tok = self.res.tokenizer
+            self.res.extra["word_starts"] = (word_starts(tok), set(tok.all_special_ids))
+        starts, special = self.res.extra["word_starts"]
+        return [(augment_ids(ids, starts, special, rng, p.word_dropout, p.random_swap), y)
+                for ids, y in examples]
+
     def collate(self, examples: Sequence[tuple[np.ndarray, int]], device: str,
                 rng: np.random.Generator | None = None) -> Batch:
         import torch
 
         from objectives.core import Batch
 
+        examples = self.augmented(examples, rng)
         width = max(len(ids) for ids, _ in examples)
         ids = np.full((len(examples), width), self.res.pad_id, dtype=np.int64)
         mask = np.zeros((len(examples), width), dtype=np.int64)
@@ -236,7 +328,7 @@ def validate_space(cfg: TextClassificationConfig, distributions: dict[str, Any])
                                  "model names, e.g. {type: categorical, choices: [minilm, mpnet]}")
             models = list(dist.choices)
             continue
-        TrainParams.check_distribution(name, dist)
+        TextParams.check_distribution(name, dist)
     for model in models:
         info = describe_model(model, "sequence-classification")  # also: the model exists
         if any(name in distributions for name in TrainParams.MODEL_CHECKED):
@@ -292,7 +384,7 @@ def objective(trial: optuna.Trial, params: dict[str, Any], cfg: TextClassificati
     from objectives.objective import run_trial
 
     cfg, params = split_model(cfg, params)
-    return run_trial(trial, TrainParams.from_params(params), task_for(cfg), resume=resume)
+    return run_trial(trial, TextParams.from_params(params), task_for(cfg), resume=resume)
 
 
 def check_data(cfg: TextClassificationConfig) -> list[Any]:
@@ -321,7 +413,7 @@ def export(cfg: TextClassificationConfig, params: dict[str, Any], *, n_examples:
     splits = task.res.splits
     result = FinalResult(
         seeds=[], data=splits.info, trained_on="", n_examples=0,
-        params=TrainParams.from_params(params).to_dict(), task="text-classification",
+        params=TextParams.from_params(params).to_dict(), task="text-classification",
         summary_metrics=("accuracy", "macro_f1", "loss"), label_names=list(splits.label_names),
     )
 
@@ -330,7 +422,7 @@ def export(cfg: TextClassificationConfig, params: dict[str, Any], *, n_examples:
         return TextClassificationTask(
             dataclasses.replace(cfg, seed=seed, checkpoint_dir=None), task.res)
 
-    retrain(seeded, TrainParams.from_params(params), _test, n_examples=n_examples, seeds=seeds,
+    retrain(seeded, TextParams.from_params(params), _test, n_examples=n_examples, seeds=seeds,
             include_validation=include_validation, output_dir=output_dir, merge=merge,
             tokenizer=task.res.tokenizer, result=result)
     result.card = _card(result)

@@ -27,7 +27,8 @@ def test_goal_line_has_the_fixed_format(met: bool) -> None:
 
 
 def test_every_goal_is_run_by_the_entry_point() -> None:
-    assert list(bench_main.BENCHMARKS) == ["throughput", "search", "pruning", "overhead"]
+    assert list(bench_main.BENCHMARKS) == ["throughput", "search", "pruning", "overhead",
+                                           "images"]
 
 
 def test_best_so_far_keeps_only_improvements_in_time_order() -> None:

@@ -66,3 +66,64 @@ def save_tiny(root: Path, family: str = "bert", num_labels: int = 2, seed: int =
     ).save_pretrained(root)
     tokenizer.save_pretrained(root)
     return str(root)
+
+
+def save_tiny_vit(root: Path, num_labels: int = 3, image_size: int = 32, seed: int = 0) -> str:
+    """Save a 2-layer ViT image classifier (hidden 32, 8-pixel patches) like a hub model."""
+    import json
+
+    import torch
+    from transformers import ViTConfig
+    from transformers import ViTForImageClassification
+
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=image_size, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64, num_labels=num_labels)
+    ViTForImageClassification(config).save_pretrained(root)
+    (root / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ViTImageProcessor", "do_resize": True,
+        "size": {"height": image_size, "width": image_size}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5]}))
+    return str(root)
+
+
+def save_tiny_efficientnet(root: Path, num_labels: int = 3, image_size: int = 32, seed: int = 0) -> str:
+    """Save an EfficientNet-Lite0 skeleton at a quarter of its width and half its depth
+    (random weights, ~0.26M parameters) in hpo's own format (``config.json`` +
+    ``model.safetensors``), as ``hpo export`` saves one."""
+    import torch
+
+    from objectives.image_models import EfficientNetLiteForImageClassification
+    from objectives.image_models import _net
+
+    overrides = {"width_coefficient": 0.25, "depth_coefficient": 0.5}
+    torch.manual_seed(seed)
+    net = _net("efficientnet-lite0", num_labels, image_size, **overrides)
+    model = EfficientNetLiteForImageClassification(net, {
+        "architecture": "hpo-efficientnet-lite", "variant": "efficientnet-lite0",
+        "overrides": overrides, "num_labels": num_labels, "image_size": image_size,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    model.save_pretrained(root)
+    return str(root)
+
+
+def save_tiny_wordpiece(root: Path, seed: int = 0) -> str:
+    """A 2-layer BERT (hidden 32) whose tokenizer knows the test texts' words (names, cities and
+    a few ``##`` continuation pieces): built from a vocabulary mapping, which transformers 5
+    reads (a ``vocab_file`` alone leaves a fast tokenizer with its special tokens only)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from transformers import BertTokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    extra = ["alice", "bob", "carol", "dave", "new", "paris", "rome", "london", "berlin", "id",
+             "##film", "##cast", "##s", "##0", "##1", "##2", "##3", "##4", "##5", "##6", "##7",
+             "##8", "##9"]
+    words = vocabulary() + [w for w in extra if w not in vocabulary()]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    torch.manual_seed(seed)
+    AutoModelForSequenceClassification.from_config(_config("bert", len(words), 2)).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return str(root)

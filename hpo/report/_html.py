@@ -88,8 +88,8 @@ def _summary_html(info: _SummaryInfo) -> str:
     if info.best_values is not None:
         best = (
             f"<strong>{_e(_fmt(info.best_values[0], 6))}</strong> (trial {info.best_numbers[0]})"
-            f" · val_accuracy {_e(_fmt(info.best_val_accuracy))} · val_f1 {_e(_fmt(info.best_val_f1))}"
-            f"<br><code>{_e(_fmt_params(info.best_params))}</code>"
+            + "".join(f" · {_e(k)} {_e(_fmt(v))}" for k, v in info.best_extra.items())
+            + f"<br><code>{_e(_fmt_params(info.best_params))}</code>"
         )
     elif info.best_numbers:
         best = f"{len(info.best_numbers)} trial(s) on the Pareto front: {_e(', '.join(map(str, info.best_numbers)))}"
@@ -132,13 +132,13 @@ def _summary_html(info: _SummaryInfo) -> str:
     return f'<section id="summary"><h2>Summary</h2>{snapshot}<table class="kv">{body}</table></section>'
 
 
-def _rows_html(rows: list[_TrialRow], metric_names: list[str], rank: bool) -> str:
+def _rows_html(rows: list[_TrialRow], metric_names: list[str], rank: bool,
+               extra: list[str]) -> str:
     head = (["#"] if rank else []) + [
         "trial",
         "state",
         *metric_names,
-        "val_accuracy",
-        "val_f1",
+        *extra,
         "best step",
         "examples seen",
         "train time",
@@ -158,8 +158,7 @@ def _rows_html(rows: list[_TrialRow], metric_names: list[str], rank: bool) -> st
             str(row.number),
             row.state.lower(),
             *(_fmt(v, 6) for v in values),
-            _fmt(row.val_accuracy),
-            _fmt(row.val_f1),
+            *(_fmt(row.metrics.get(k)) for k in extra),
             _fmt_int(row.best_step),
             _fmt_int(row.examples_seen),
             _fmt_seconds(row.train_seconds),
@@ -176,7 +175,7 @@ def _rows_html(rows: list[_TrialRow], metric_names: list[str], rank: bool) -> st
 def _tables_html(info: _TrialsTableInfo) -> str:
     parts = ['<section id="trials"><h2>Top trials</h2>']
     parts.append(
-        _rows_html(info.top, info.metric_names, rank=True)
+        _rows_html(info.top, info.metric_names, rank=True, extra=info.extra_metrics)
         if info.top
         else '<p class="note">No trial has completed yet.</p>'
     )
@@ -184,7 +183,7 @@ def _tables_html(info: _TrialsTableInfo) -> str:
         parts.append(
             f"<h3>Pruned, failed, running and waiting trials ({len(info.others)} most recent of {info.n_others})</h3>"
         )
-        parts.append(_rows_html(info.others, info.metric_names, rank=False))
+        parts.append(_rows_html(info.others, info.metric_names, rank=False, extra=info.extra_metrics))
     parts.append("</section>")
     return "\n".join(parts)
 

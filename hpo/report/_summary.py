@@ -18,6 +18,7 @@ from hpo.report._study import _examples_seen
 from hpo.report._study import _metric_names
 from hpo.report._study import _record
 from hpo.report._study import _worker_label
+from hpo.report._tables import _extra_metrics
 
 
 class _BudgetInfo(NamedTuple):
@@ -55,6 +56,7 @@ class _SummaryInfo(NamedTuple):
     created_at: str | None
     stopped: str | None = None  # why a stop rule stopped the study early
     defaults: dict[str, str] | None = None  # what hpo chose for the user, and why
+    best_extra: dict[str, float | None] = {}  # the task's other metrics of the best trial
 
 
 def _describe(spec: Any) -> str | None:
@@ -191,4 +193,5 @@ def _get_summary_info(
         stopped=str(study.user_attrs["stopped"]) if study.user_attrs.get("stopped") else None,
         defaults={str(k): str(v) for k, v in study.user_attrs.get("defaults", {}).items()}
         if isinstance(study.user_attrs.get("defaults"), dict) else None,
+        best_extra={k: _record(top).metric(k) for k in _extra_metrics(study)} if top else {},
     )

@@ -37,6 +37,7 @@ class _TrialRow(NamedTuple):
     params: dict[str, Any]
     worker: str | None
     notes: list[str]  # warm start, retry, fail reason
+    metrics: dict[str, float] = {}  # the validation metrics at the trial's best step
 
 
 class _TrialsTableInfo(NamedTuple):
@@ -44,6 +45,19 @@ class _TrialsTableInfo(NamedTuple):
     top: list[_TrialRow]  # best complete trials first (Pareto front for several objectives)
     others: list[_TrialRow]  # the most recent non-complete trials
     n_others: int  # how many non-complete trials there are in all
+    extra_metrics: list[str] = ["val_accuracy", "val_f1"]  # shown beside the objective
+
+
+def _extra_metrics(study: optuna.Study) -> list[str]:
+    """The task's metrics to show beside the objective: accuracy and F1 for classification
+    tasks (text, images, tokens), else what the trials recorded (regression: MSE, MAE, Spearman)."""
+    names: dict[str, None] = {}
+    for t in study.get_trials(deepcopy=False):
+        names.update(dict.fromkeys(_record(t).best))
+    if not names or "val_accuracy" in names:
+        return ["val_accuracy", "val_f1"]
+    shown = set(_metric_names(study)) | {"val_loss"}
+    return [n for n in names if n not in shown]
 
 
 def _trial_notes(trial: FrozenTrial) -> list[str]:
@@ -78,6 +92,7 @@ def _trial_row(trial: FrozenTrial) -> _TrialRow:
         params=dict(trial.params),
         worker=_worker_label(trial),
         notes=_trial_notes(trial),
+        metrics=dict(record.best),
     )
 
 
@@ -96,6 +111,7 @@ def _get_trials_table_info(study: optuna.Study, n_top: int = _N_TOP_TRIALS) -> _
         [_trial_row(t) for t in top],
         [_trial_row(t) for t in recent],
         len(others),
+        _extra_metrics(study),
     )
 
 
