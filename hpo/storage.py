@@ -588,13 +588,25 @@ def _check_sqlite_header(path: Path, url: str, create: bool) -> None:
     made beside or in it; an empty one is a database only for commands that may create one."""
     if not path.exists():
         return
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head:
+    if path.stat().st_size == 0:
         if not create:
             raise StorageError(f"no SQLite database at {path}: the file is empty; check --storage")
         return
-    if head != b"SQLite format 3\x00":
+    # Ask SQLite, never open() the file here: closing any descriptor of a file drops every POSIX
+    # lock this process holds on it, SQLite's included. A process that already has the database
+    # open (hpo run opens it again to launch its workers) would let another process checkpoint
+    # and delete the WAL under it: stale reads, then "database disk image is malformed".
+    # SQLite's own VFS shares its descriptors and locks between connections of one process.
+    try:
+        conn = sqlite3.connect(path, timeout=5)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+        ok = True
+    except sqlite3.DatabaseError as exc:
+        ok = "not a database" not in str(exc)
+    if not ok:
         raise StorageError(
             f"storage {redact_url(url)!r}: {path} is not an SQLite database (it lacks SQLite's "
             "header); check --storage"
