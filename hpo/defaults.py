@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from hpo.search_space import SearchSpace
     from objectives.checks import Finding
 
-__all__ = ["AUTO", "apply_defaults", "default_pruner", "fit_recipe", "startup_trials"]
+__all__ = ["AUTO", "apply_defaults", "default_pruner", "fit_recipe", "recipe_applies",
+           "startup_trials"]
 
 _LOG = logging.getLogger("hpo")
 AUTO = "auto"  # search_space: auto (or left out): the objective's space, sized to the data
@@ -121,9 +122,16 @@ def apply_defaults(cfg: StudyConfig, findings: list[Finding],
     if "pruner" not in cfg.given:
         changes["pruner"], why = default_pruner(cfg, n_train)
         chosen["pruner"] = why
-    if cfg.start_with_recipe and spec.recipe is not None:
+    if recipe_applies(cfg, spec):
         chosen["first_trial"] = "the usual recipe, enqueued (start_with_recipe: false turns it off)"
     return dataclasses.replace(cfg, **changes), chosen
+
+
+def recipe_applies(cfg: StudyConfig, spec: Any) -> bool:
+    """Whether a new study starts with the task's usual recipe: not with ``start_with_recipe:
+    false``, and not under a grid sampler, whose trials are the grid's points (an enqueued recipe
+    would run one of them twice, or a point off the grid)."""
+    return bool(cfg.start_with_recipe and spec.recipe is not None and cfg.sampler.name != "grid")
 
 
 def fit_recipe(recipe: dict[str, Any], space: SearchSpace) -> dict[str, Any]:

@@ -248,9 +248,10 @@ def _start_with_recipe(study: optuna.Study, cfg: StudyConfig, spec: ObjectiveSpe
                        space: SearchSpace) -> None:
     """Enqueue the task's usual recipe as a new study's first trial (fitted to the space)."""
     from hpo.defaults import fit_recipe
+    from hpo.defaults import recipe_applies
     from objectives import record
 
-    if not cfg.start_with_recipe or spec.recipe is None:
+    if not recipe_applies(cfg, spec):
         return
     params = fit_recipe(spec.recipe(cfg.objective_config, list(space.distributions())), space)
     if params:

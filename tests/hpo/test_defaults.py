@@ -161,3 +161,24 @@ def test_what_the_user_gives_is_never_replaced(tmp_path: Path, tiny_model: str, 
     assert study.user_attrs["defaults"] == {}
     assert study.user_attrs["hpo_config"]["sampler"] == {"name": "tpe", "n_startup_trials": 7}
     assert "recipe" not in study.trials[0].user_attrs
+
+
+def test_a_grid_sampler_runs_its_points_without_the_recipe(tmp_path: Path, tiny_model: str,
+                                                           imbalanced: Path) -> None:
+    """A grid's trials are its points: an enqueued recipe would repeat one (or add one off the
+    grid) and leave a point out of a budget sized to the grid."""
+    (tmp_path / "space.yaml").write_text(
+        "learning_rate: {type: categorical, choices: [0.001, 1.0]}\n")
+    config = tmp_path / "study.yaml"
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    config.write_text(yaml.safe_dump({
+        "study": "grid", "storage": url, "model": tiny_model, "dataset": {"path": str(imbalanced)},
+        "max_length": 32, "cache_dir": None, "n_trials": 2, "epochs": 1, "pruner": "none",
+        "search_space": str(tmp_path / "space.yaml"), "sampler": {"name": "grid"},
+    }))
+    result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="grid", storage=url)
+    assert sorted(t.params["learning_rate"] for t in study.trials) == [0.001, 1.0]
+    assert not any("recipe" in t.user_attrs for t in study.trials)
+    assert "first_trial" not in study.user_attrs["defaults"]
