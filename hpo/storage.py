@@ -608,8 +608,8 @@ def _check_sqlite_header(path: Path, url: str, create: bool) -> None:
         ok = "not a database" not in str(exc)
     if not ok:
         raise StorageError(
-            f"storage {redact_url(url)!r}: {path} is not an SQLite database (it lacks SQLite's "
-            "header); check --storage"
+            f"storage {redact_url(url)!r}: {path} is not an SQLite database, or a damaged one "
+            "(SQLite: file is not a database); check --storage"
         )
 
 
