@@ -43,11 +43,14 @@ demo-ner: setup
 demo-regression: setup
 	$(HPO) run --config examples/regression.yaml --report report-regression.html
 
+# In parallel over the machine's cores (pytest-xdist; tests share session-built tiny models),
+# then, alone, the tests that restart a database server under the others' feet.
 test: setup browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto -m "not serial"
+	$(PY) -m pytest -q -m serial
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow and not serial"
 
 lint: setup
 	$(VENV)/bin/ruff check hpo objectives tests benchmarks scripts

@@ -50,6 +50,7 @@ def test_pruning_curve_counts_examples_across_trials() -> None:
     assert math.isinf(examples_to(points, 0.1))
 
 
+@pytest.mark.slow
 @pytest.mark.server
 def test_hpo_runs_fewer_statements_per_trial_than_optuna() -> None:
     import sys

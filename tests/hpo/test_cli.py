@@ -143,6 +143,7 @@ def test_json_output_is_strict_json_without_nan_or_infinity(tmp_path: Path) -> N
     assert best["user_attrs"]["val_accuracy"] is None
 
 
+@pytest.mark.slow
 def test_storage_falls_back_to_the_environment(tmp_path: Path) -> None:
     config = toy_config(tmp_path, storage=None)
     url = f"sqlite:///{tmp_path / 'env.db'}"
@@ -210,6 +211,7 @@ def test_every_sampler_runs(tmp_path: Path, sampler: str) -> None:
     assert len(study.trials) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "pruner",
     [
@@ -494,6 +496,7 @@ def test_installed_console_script_smoke(tmp_path: Path) -> None:
     assert "best trial #" in out.stdout and "trial   0 " in out.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path: Path) -> None:
     config = toy_config(tmp_path, sleep=0.4, n_steps=5, n_trials=20)
     proc = subprocess.Popen([HPO, "run", "--config", str(config)], stdout=subprocess.PIPE,

@@ -81,6 +81,7 @@ def served(
         storage.engine.dispose()
 
 
+@pytest.mark.slow
 def test_dashboard_lists_our_study(served: tuple[Any, Any]) -> None:
     _, app = served
     status, body = _get(app, "/api/studies")

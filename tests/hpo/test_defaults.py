@@ -44,6 +44,7 @@ def trials(tmp_path: Path, name: str = "budget") -> list[optuna.trial.FrozenTria
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'db.sqlite'}").trials
 
 
+@pytest.mark.slow
 def test_an_example_budget_stops_three_workers_where_it_should(tmp_path: Path) -> None:
     """n_examples: 2600 with trials of 500 examples: a trial starts while the examples trained
     plus those the running trials plan are under 2600, so exactly 6 trials run, whatever the
@@ -56,6 +57,7 @@ def test_an_example_budget_stops_three_workers_where_it_should(tmp_path: Path) -
     assert len({t.user_attrs["worker"]["id"] for t in done}) == 3  # shared, not per worker
 
 
+@pytest.mark.slow
 def test_a_time_budget_is_the_studys_busy_time_across_workers(tmp_path: Path) -> None:
     """timeout: 1.5 s of the study's busy time (the union of its trials' running intervals),
     with two workers: no trial starts once it is used; the last ones finish."""

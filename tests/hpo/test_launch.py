@@ -25,6 +25,7 @@ from hpo.worker import run_worker
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_memory_returns_to_baseline_after_every_trial(
     tmp_path: Path, tiny_model: str, data_csv: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,6 +117,7 @@ def toy_study(tmp_path: Path) -> Path:
     return config
 
 
+@pytest.mark.slow
 def test_devices_start_one_pinned_worker_per_gpu(
     toy_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -224,6 +226,7 @@ def test_job_files_ask_for_gpus_and_start_one_worker_per_gpu() -> None:
         sub.make_context(command[0], list(command[1:]), resilient_parsing=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_a_signal_stops_every_local_worker_cleanly(tmp_path: Path, signum: str) -> None:
     """SIGTERM (or Ctrl-C's SIGINT) to ``hpo run`` with several local workers: each worker hands

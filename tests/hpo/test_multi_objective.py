@@ -202,6 +202,7 @@ def classifier_study(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) 
     return url, root
 
 
+@pytest.mark.slow
 def test_export_takes_a_trial_or_a_pick_rule_in_a_study_of_several_objectives(
     classifier_study: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -263,6 +264,7 @@ def test_optunas_cli_and_dashboard_open_a_study_of_several_objectives(
     storage.engine.dispose()
 
 
+@pytest.mark.slow
 def test_the_model_is_a_hyperparameter(tmp_path: Path, tiny_family: Any) -> None:
     """``model`` as a categorical entry: each trial trains the model it drew, tokenized for it;
     a worker keeps at most ``models_in_memory`` models loaded."""

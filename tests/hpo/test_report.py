@@ -514,6 +514,7 @@ def test_report_escapes_every_user_string() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
 
 
+@pytest.mark.slow
 def test_report_of_2000_trials_is_fast() -> None:
     start = time.perf_counter()
     study = hpo_study()

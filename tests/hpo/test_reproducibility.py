@@ -40,6 +40,7 @@ def trials(db: Path) -> list[tuple[dict[str, Any], float | None, dict[int, float
     return [(t.params, t.value, t.intermediate_values) for t in study.trials]
 
 
+@pytest.mark.slow
 def test_same_seed_same_params_and_values(tiny_model: str, data_csv: Path, tmp_path: Path) -> None:
     runs = []
     for db in ("a.db", "b.db"):

@@ -39,6 +39,7 @@ def test_only_the_first_process_of_a_fresh_study_samples_with_the_configs_seed(t
     assert first == cfg.seed and second != cfg.seed
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_config_started_at_once_sample_different_params(tmp_path: Path) -> None:
     """Two terminals, one config: each pair of trials used to be the same configuration."""
     config = toy_config(tmp_path, n_trials=8, n_steps=2, sleep=0.05)
@@ -54,6 +55,7 @@ def test_two_runs_of_one_config_started_at_once_sample_different_params(tmp_path
     assert len(trials) == 8 and len(set(params)) == 8
 
 
+@pytest.mark.slow
 def test_a_resumed_study_samples_new_params(tmp_path: Path) -> None:
     config = toy_config(tmp_path, n_trials=3)
     assert CliRunner().invoke(cli, ["-q", "run", "--config", str(config)]).exit_code == 0

@@ -60,6 +60,7 @@ def _finished(url: str, name: str) -> tuple[int, list] | None:
 
 @pytest.mark.slow
 @pytest.mark.server
+@pytest.mark.serial
 def test_soak_nothing_lost(tmp_path: Path) -> None:
     import optuna
 

@@ -176,6 +176,7 @@ def test_unreachable_server_fails_fast_without_password() -> None:
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_cli_never_prints_the_password(tmp_path: Path) -> None:
     for args in (["studies"], ["worker", "--study", "x"], ["-v", "--debug", "studies"]):
         proc = subprocess.run(
@@ -620,6 +621,7 @@ def test_a_session_left_pending_rollback_by_a_restart_is_retried(
         assert study.user_attrs["k"] == 1
 
 
+@pytest.mark.slow
 def test_heartbeat_thread_survives_storage_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = StorageSettings(heartbeat_interval=1, grace_period=3, db_retry_seconds=0)
     with opened(f"sqlite:///{tmp_path / 's.db'}", settings) as storage:
@@ -682,6 +684,7 @@ def test_running_trial_without_any_heartbeat_is_stale_after_grace(tmp_path: Path
         assert study.get_trials()[1].state == TrialState.WAITING
 
 
+@pytest.mark.slow
 def test_max_retry_bounds_retries(tmp_path: Path) -> None:
     settings = StorageSettings(heartbeat_interval=1, grace_period=1, max_retry=1)
     with opened(f"sqlite:///{tmp_path / 's.db'}", settings) as storage:
@@ -738,10 +741,12 @@ def _race(tmp_path: Path, url: str, n: int) -> None:
         delete_study(url, study)
 
 
+@pytest.mark.slow
 def test_processes_start_together_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     _race(tmp_path, f"sqlite:///{tmp_path / 'fresh.db'}", 4)
 
 
+@pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.parametrize("kind", ["postgresql", "mysql"])
 def test_processes_start_together_on_a_fresh_database(tmp_path: Path, kind: str) -> None:
@@ -808,6 +813,7 @@ def server_only(request: pytest.FixtureRequest) -> str:
     return server_url(request.param)
 
 
+@pytest.mark.slow
 @pytest.mark.server
 def test_take_counts_and_creates_in_one_transaction_within_the_budget(server_only: str) -> None:
     """8 threads, each on its own storage (its own connections), race for a budget of 20."""

@@ -66,6 +66,7 @@ def top(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     return sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value)[:k]
 
 
+@pytest.mark.slow
 def test_enqueues_exactly_the_top_k_as_first_trials(source: optuna.Study, tmp_path: Path) -> None:
     config = toy_config(tmp_path, "new", XY, n_trials=5)
     result = invoke("-q", "run", "--config", str(config), "--warm-start-from", "old", "--top-k", "3")

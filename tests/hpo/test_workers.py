@@ -39,6 +39,8 @@ from conftest_servers import unique_name  # noqa: E402
 HPO = str(Path(sys.executable).with_name("hpo"))
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = str(ROOT / "search_spaces" / "toy.yaml")
+# Several worker processes per test, kills, server restarts: part of `make test`, not test-fast.
+pytestmark = pytest.mark.slow
 WAIT = 120  # seconds any group of workers may take before the test gives up
 
 
@@ -475,6 +477,7 @@ def test_sigterm_hands_trial_back(
 
 
 @pytest.mark.server
+@pytest.mark.serial
 def test_postgres_restart_mid_study(runner: Runner, tmp_path: Path) -> None:
     """Restart the real PostgreSQL while 3 workers run: they retry, carry on, and finish."""
     url = server_url("postgresql")

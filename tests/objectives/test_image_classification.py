@@ -161,6 +161,7 @@ def test_efficientnet_stages_are_the_blocks(tiny_cnn: str, image_folder: Path) -
     assert out.logits.shape == (2, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["cnn", "vit"])
 def test_fast_and_plain_paths_train_the_same(family: str, tiny_cnn: str, tiny_vit: str,
                                              image_folder: Path) -> None:
@@ -236,6 +237,7 @@ def test_augmentation_off_is_identity_and_flip_flips() -> None:
     assert not torch.allclose(jittered, x)
 
 
+@pytest.mark.slow
 def test_augmented_batches_repeat_with_the_seed_and_only_in_training(tiny_cnn: str,
                                                                       image_folder: Path) -> None:
     task = task_for(config(tiny_cnn, {"path": str(image_folder)}))
@@ -297,6 +299,7 @@ def test_vit_lora_trains_adapters_and_head(tiny_vit: str, image_folder: Path) ->
 # --- a study that prunes and exports --------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["cnn", "vit"])
 def test_study_prunes_and_exports(family: str, tiny_cnn: str, tiny_vit: str, tmp_path: Path) -> None:
     images = write_image_folder(tmp_path / "images", n_per_class=12)

@@ -191,6 +191,7 @@ def test_gradual_unfreezing_and_layer_decay_run_with_the_cache(tiny_wordpiece: s
                zip(bottom.parameters(), task.structure.layers[0].parameters(), strict=True))
 
 
+@pytest.mark.slow
 def test_study_prunes_and_exports(tiny_wordpiece: str, tmp_path: Path) -> None:
     from transformers import AutoModelForTokenClassification
     from transformers import AutoTokenizer
