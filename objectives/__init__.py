@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from objectives import causal_lm_sft
 from objectives import image_classification
 from objectives import text_classification
 from objectives import text_regression
@@ -104,6 +105,18 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         fingerprint=token_classification.fingerprint,
         check_data=token_classification.check_data,
         export=token_classification.export,
+    ),
+    "causal_lm_sft": ObjectiveSpec(
+        fn=causal_lm_sft.objective,
+        config_from_dict=causal_lm_sft.SFTConfig.from_dict,
+        config_to_dict=causal_lm_sft.SFTConfig.to_dict,
+        metrics=causal_lm_sft.METRICS,
+        prepare=causal_lm_sft.prepare,
+        validate_space=causal_lm_sft.validate_space,
+        resumes=True,
+        fingerprint=causal_lm_sft.fingerprint,
+        check_data=causal_lm_sft.check_data,
+        export=causal_lm_sft.export,
     ),
     "toy": ObjectiveSpec(
         fn=toy.objective,

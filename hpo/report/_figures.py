@@ -15,6 +15,7 @@ from hpo.report._info import _ContourInfo
 from hpo.report._info import _EfficiencyInfo
 from hpo.report._info import _HistoryInfo
 from hpo.report._info import _ImportancesInfo
+from hpo.report._info import _LanguageCurvesInfo
 from hpo.report._info import _LearningCurvesInfo
 from hpo.report._info import _ParetoFrontInfo
 from hpo.report._info import _TimelineInfo
@@ -79,6 +80,38 @@ def _history_figure(info: _HistoryInfo) -> go.Figure:
         line={"color": "#d62728", "shape": "hv"},
     )
     return _layout(fig, 400, xaxis_title="trial", yaxis_title=_t(info.metric_name))
+
+
+def _language_curves_figure(info: _LanguageCurvesInfo) -> go.Figure:
+    """Loss and perplexity (rows) against examples and tokens seen (columns), one figure."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=2, shared_xaxes="columns", vertical_spacing=0.08,
+                        horizontal_spacing=0.08)
+    best = set(info.best_numbers)
+    shown: set[str] = set()
+    for row, metric in enumerate(("val_loss", "val_perplexity"), start=1):
+        for col, curves in enumerate((info.by_examples[metric], info.by_tokens[metric]), start=1):
+            for curve in curves:
+                is_best = curve.number in best
+                state = "best" if is_best else curve.state.lower()
+                color = _BEST_COLOR if is_best else _STATE_COLORS.get(curve.state, "#999")
+                fig.add_scatter(
+                    x=curve.steps, y=curve.values, mode="lines+markers", row=row, col=col,
+                    name=state, legendgroup=state, showlegend=state not in shown,
+                    line={"color": color, "width": 3 if is_best else 1,
+                          "dash": "dot" if curve.state == "PRUNED" else None},
+                    marker={"size": 3}, opacity=1.0 if is_best else 0.6,
+                    text=[f"trial {curve.number}"] * len(curve.steps),
+                    hovertemplate="%{text}<br>%{x}: %{y:.4g}<extra></extra>",
+                )
+                shown.add(state)
+    fig.update_yaxes(title_text=_t("val_loss"), row=1, col=1)
+    fig.update_yaxes(title_text=_t("val_perplexity"), type="log", row=2, col=1)
+    fig.update_yaxes(type="log", row=2, col=2)
+    fig.update_xaxes(title_text="examples seen", row=2, col=1)
+    fig.update_xaxes(title_text="training tokens seen", row=2, col=2)
+    return _layout(fig, 560)
 
 
 def _learning_curves_figure(info: _LearningCurvesInfo) -> go.Figure:

@@ -121,6 +121,42 @@ def _get_learning_curves_info(study: optuna.Study) -> _LearningCurvesInfo:
     return _LearningCurvesInfo("val_loss" if from_history else metric, source, curves, best)
 
 
+class _LanguageCurvesInfo(NamedTuple):
+    """Validation loss and perplexity against examples and tokens seen (language models)."""
+
+    by_examples: dict[str, list[_CurveInfo]]  # metric -> curves, x: examples seen
+    by_tokens: dict[str, list[_CurveInfo]]  # metric -> curves, x: training tokens seen
+    best_numbers: list[int]
+
+
+_LM_METRICS = ("val_loss", "val_perplexity")
+
+
+def _get_language_curves_info(study: optuna.Study) -> _LanguageCurvesInfo | None:
+    """The trials' ``val_loss`` and ``val_perplexity`` curves against examples and against
+    tokens seen, from their histories; None when no trial recorded tokens with a perplexity
+    (not a language-model study)."""
+    by_examples: dict[str, list[_CurveInfo]] = {m: [] for m in _LM_METRICS}
+    by_tokens: dict[str, list[_CurveInfo]] = {m: [] for m in _LM_METRICS}
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        history = _record(trial).history
+        for metric in _LM_METRICS:
+            points = sorted((p.step, p.tokens, p.metrics[metric]) for p in history
+                            if metric in p.metrics and _num(p.metrics[metric]) is not None)
+            if not points:
+                continue
+            by_examples[metric].append(_CurveInfo(trial.number, trial.state.name,
+                                                  [s for s, _, _ in points], [v for _, _, v in points]))
+            with_tokens = [(t, v) for _, t, v in points if t]
+            if with_tokens:
+                by_tokens[metric].append(_CurveInfo(trial.number, trial.state.name,
+                                                    [t for t, _ in with_tokens],
+                                                    [v for _, v in with_tokens]))
+    if not by_tokens["val_perplexity"]:
+        return None
+    return _LanguageCurvesInfo(by_examples, by_tokens, [t.number for t in _best_trials(study)])
+
+
 class _ImportancesInfo(NamedTuple):
     param_names: list[str]  # most important first
     importances: list[float]  # normalized to sum to 1

@@ -13,6 +13,7 @@ from hpo.report._figures import _contour_figure
 from hpo.report._figures import _efficiency_figure
 from hpo.report._figures import _history_figure
 from hpo.report._figures import _importances_figure
+from hpo.report._figures import _language_curves_figure
 from hpo.report._figures import _learning_curves_figure
 from hpo.report._figures import _parallel_figure
 from hpo.report._figures import _pareto_figure
@@ -24,6 +25,7 @@ from hpo.report._info import _get_contour_info
 from hpo.report._info import _get_efficiency_info
 from hpo.report._info import _get_history_info
 from hpo.report._info import _get_importances_info
+from hpo.report._info import _get_language_curves_info
 from hpo.report._info import _get_learning_curves_info
 from hpo.report._info import _get_pareto_front_info
 from hpo.report._info import _get_timeline_info
@@ -85,6 +87,20 @@ def _sections(study: optuna.Study, now: datetime.datetime) -> list[_Section]:
             None if curves.curves else "No trial has reported a validation value yet.",
         )
     )
+
+    language = _get_language_curves_info(study)
+    if language is not None:
+        sections.append(
+            _Section(
+                "language_curves",
+                "Loss and perplexity against examples and tokens seen",
+                "Validation loss (mean cross-entropy per assistant token) and perplexity (its "
+                "exponential, log scale) of every trial, against training examples (left) and "
+                "training tokens (right) seen; pruned trials dotted, the best trial bold.",
+                _language_curves_figure(language),
+                None,
+            )
+        )
 
     importances = _get_importances_info(study)
     caption = f"{_e(importances.evaluator)} on {importances.n_trials} complete trial(s), in {importances.seconds:.2f} s."
