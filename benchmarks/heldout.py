@@ -157,10 +157,15 @@ def run_ours(name: str, seed: int, rows: int, work: Path, *, timeout: float | No
     return out
 
 
-def run(quick: bool, datasets: list[str] | None = None) -> list[str]:
+def run(quick: bool, datasets: list[str] | None = None, max_examples: int | None = None,
+        seeds: list[int] | None = None) -> list[str]:
     quiet()
     set_threads()
-    settings = SETTINGS["quick" if quick else "full"]
+    settings = dict(SETTINGS["quick" if quick else "full"])
+    if max_examples:
+        settings["max_examples"] = max_examples
+    if seeds:
+        settings["seeds"] = seeds
     header("held-out protocol: hpo defaults vs Trainer.hyperparameter_search", quick)
     names = datasets or settings["datasets"]
     lines: list[str] = []
@@ -216,8 +221,10 @@ def run(quick: bool, datasets: list[str] | None = None) -> list[str]:
 def main() -> None:
     cli = parser(__doc__, "one dataset, one seed, 300 rows")
     cli.add_argument("--datasets", nargs="+", choices=[*HELD_OUT, TUNED_ON])
+    cli.add_argument("--max-examples", type=int, help="rows per dataset (default: the mode's)")
+    cli.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the mode's)")
     args = cli.parse_args()
-    run(args.quick, args.datasets)
+    run(args.quick, args.datasets, args.max_examples, args.seeds)
 
 
 if __name__ == "__main__":

@@ -109,10 +109,11 @@ def _front_summary(points: list[tuple[float, float, Any]]) -> dict[str, Any]:
     return {"best": best, "cheapest_within_1pt": cheapest}
 
 
-def run(quick: bool) -> list[str]:
+def run(quick: bool, overrides: dict[str, Any] | None = None) -> list[str]:
     quiet()
     set_threads()
-    settings = SETTINGS["quick" if quick else "full"]
+    settings = {**SETTINGS["quick" if quick else "full"],
+                **{k: v for k, v in (overrides or {}).items() if v}}
     header("pareto: hypervolume of ours (TPE + pareto-halving) vs random without pruning", quick)
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "random": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,7 +152,13 @@ def run(quick: bool) -> list[str]:
 
 
 def main() -> None:
-    run(parser(__doc__, "200 rows, 6 trials, one seed").parse_args().quick)
+    cli = parser(__doc__, "200 rows, 6 trials, one seed")
+    cli.add_argument("--max-examples", type=int, help="rows (default: the mode's)")
+    cli.add_argument("--n-trials", type=int, help="trials per side (default: the mode's)")
+    cli.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the mode's)")
+    args = cli.parse_args()
+    run(args.quick, {"max_examples": args.max_examples, "n_trials": args.n_trials,
+                     "seeds": args.seeds})
 
 
 if __name__ == "__main__":

@@ -391,3 +391,40 @@ def test_the_packaged_smollm2_trains_a_few_steps() -> None:
     result = train(TrainParams.from_params({"learning_rate": 5e-4, "batch_size": 4, "r": 8}), task)
     assert np.isfinite(result.value) and 1.0 < result.value < 8.0
     assert result.record.trainable_params < 1_000_000 < result.record.total_params
+
+
+def test_the_report_draws_loss_and_perplexity_against_examples_and_tokens() -> None:
+    import datetime
+
+    import optuna
+
+    from hpo.report._info import _get_language_curves_info
+    from hpo.report._sections import _sections
+    from objectives.record import EvalPoint
+    from objectives.record import TrialRecord
+
+    def study_of(with_tokens: bool) -> optuna.Study:
+        study = optuna.create_study()
+        for loss, state in ((3.0, "COMPLETE"), (4.0, "PRUNED")):
+            trial = study.ask()
+            history = [EvalPoint(step=s, metrics={"val_loss": loss - s / 100,
+                                                  "val_perplexity": math.exp(loss - s / 100)},
+                                 seconds=float(s), tokens=s * 50 if with_tokens else None)
+                       for s in (10, 20)]
+            for key, value in TrialRecord(history=history, best_step=20).to_attrs().items():
+                trial.set_user_attr(key, value)
+            if state == "COMPLETE":
+                study.tell(trial, loss)
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return study
+
+    info = _get_language_curves_info(study_of(True))
+    assert info is not None and info.best_numbers == [0]
+    assert info.by_tokens["val_perplexity"][0].steps == [500, 1000]
+    assert info.by_examples["val_loss"][1].values == pytest.approx([3.9, 3.8])
+    keys = [s.key for s in _sections(study_of(True), datetime.datetime.now())]
+    assert "language_curves" in keys
+    # Without tokens (a classifier's study) there is no such section.
+    assert _get_language_curves_info(study_of(False)) is None
+    assert "language_curves" not in [s.key for s in _sections(study_of(False), datetime.datetime.now())]
