@@ -63,6 +63,8 @@ class TrainConfig:
 
     # The metrics a task reports, and their natural direction; tasks set it.
     METRICS: ClassVar[dict[str, str]] = {"val_loss": "minimize"}
+    # Whether the task scores a configuration over cross-validation folds (cv_folds).
+    FOLDS: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.metric not in self.METRICS:
@@ -95,6 +97,9 @@ class TrainConfig:
                 isinstance(self.cv_folds, bool) or not isinstance(self.cv_folds, int)
                 or not 2 <= self.cv_folds <= 20):
             raise ValueError(f"cv_folds must be an integer in [2, 20] or null, got {self.cv_folds!r}")
+        if self.cv_folds is not None and not self.FOLDS:
+            raise ValueError("cv_folds: this objective has one validation split (folds: "
+                             "text_classification only); remove cv_folds")
         for key in ("cache_dir", "checkpoint_dir"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):

@@ -124,6 +124,7 @@ class TextClassificationConfig(TrainConfig):
     max_length: int = field(default=64, metadata={"help": "tokens per text; longer ones are cut"})
 
     METRICS: ClassVar[dict[str, str]] = METRICS
+    FOLDS: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
