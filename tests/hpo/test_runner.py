@@ -123,8 +123,11 @@ def test_ctrl_c_before_the_first_trial_exits_130(tmp_path: Path) -> None:
     slow.write_text(f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(60)\n")
     config.write_text(config.read_text().replace("objective: toy", "objective: slow:objective"))
     env = {**{k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}, "PYTHONPATH": str(tmp_path)}
+    # Ctrl-C's default action, whatever this process inherited (a job started in the
+    # background of a non-interactive shell ignores SIGINT, and so would its children).
     proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", "--config", str(config)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.1)

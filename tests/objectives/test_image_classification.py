@@ -161,10 +161,25 @@ def test_efficientnet_stages_are_the_blocks(tiny_cnn: str, image_folder: Path) -
     assert out.logits.shape == (2, 3)
 
 
+@pytest.fixture
+def pinned() -> Any:
+    """One thread and no prefix outputs from earlier tests: convolutions' sums depend on the
+    thread count (and an ``hpo run`` in the same process sets it), so a comparison of two
+    runs to 1e-5 must compute both, and their cached prefix, with the same threads."""
+    from objectives.models import clear_resources
+
+    clear_resources()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    clear_resources()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["cnn", "vit"])
 def test_fast_and_plain_paths_train_the_same(family: str, tiny_cnn: str, tiny_vit: str,
-                                             image_folder: Path) -> None:
+                                             image_folder: Path, pinned: None) -> None:
     task = task_for(config(tiny_cnn if family == "cnn" else tiny_vit, {"path": str(image_folder)}))
     k = max(1, task.structure.n_layers // 2)
     params = ImageParams.from_params({"freeze_layers": k, "batch_size": 8, "learning_rate": 3e-3})
@@ -192,7 +207,7 @@ def test_frozen_stages_are_not_trained(tiny_cnn: str, image_folder: Path) -> Non
 
 @pytest.mark.parametrize("family", ["cnn", "vit"])
 def test_gradual_unfreezing_and_layer_decay(family: str, tiny_cnn: str, tiny_vit: str,
-                                            image_folder: Path) -> None:
+                                            image_folder: Path, pinned: None) -> None:
     from objectives.core import _fresh_model
     from objectives.core import _optimizer
     from objectives.structure import find_structure
