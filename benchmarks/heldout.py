@@ -27,6 +27,7 @@ Run: ``python -m benchmarks.heldout [--quick] [--datasets trec sms_spam ...]``.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -138,7 +139,7 @@ def run_ours(name: str, seed: int, rows: int, work: Path, *, timeout: float | No
     })
     t0 = time.perf_counter()
     cfg, chosen = apply_defaults(cfg, run_data_checks(cfg, allow=True))
-    run_study(cfg, quiet=True, defaults=chosen)
+    run_study(cfg, quiet=True, defaults=chosen, threads=os.cpu_count() or 1)
     seconds = time.perf_counter() - t0
     trials = optuna.load_study(study_name=study, storage=url).trials
     events = []

