@@ -74,3 +74,20 @@ def test_hypervolume_of_a_two_objective_front() -> None:
     points = [(0.9, 2.0), (0.8, 1.0), (0.7, 3.0), (0.4, 0.5)]  # (0.7, 3) dominated, 0.4 < ref
     assert hypervolume(points, (0.5, 10.0)) == pytest.approx(0.3 * 1.0 + 0.4 * 8.0)
     assert hypervolume([], (0.5, 10.0)) == 0.0
+
+
+def test_sft_benchmark_parses_its_flags_and_pairs_the_same_turns() -> None:
+    pytest.importorskip("trl")
+    from benchmarks import sft
+
+    assert sft.parser(sft.__doc__, "quick").parse_args(["--quick"]).quick is True
+    assert sft.SETTINGS["quick"]["n_trials"] == 4 and len(sft.SETTINGS["full"]["seeds"]) >= 2
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert sft.prompt_completion(chat) == {"prompt": chat[:1], "completion": chat[1:]}
+    with pytest.raises(ValueError):
+        sft.prompt_completion(chat[:1])
+    # 10 examples, batch 4: 3 steps per epoch; halves end with examples 5 and 10 (steps 2, 3).
+    assert sft.eval_targets(10, 4, 2, 2) == [2, 3, 5, 6]
+    assert sft.best_so_far([(3.0, 2.0), (1.0, 2.5), (5.0, 2.2)]) == [(1.0, 2.5), (3.0, 2.0)]
+    assert sft.time_to([(1.0, 2.5), (3.0, 2.0)], 2.1) == 3.0
+    assert math.isinf(sft.time_to([(1.0, 2.5)], 2.0))
