@@ -445,7 +445,8 @@ def _steps(
     micro = cfg.micro_batch_size or batch_size
     stopped = False
     top = structure if top_first else None
-    with prefix.swapped(), cls_top(top, training=True):
+    # The top layer for [CLS] only goes in first: swapping the replay in copies the layer list.
+    with cls_top(top, training=True), prefix.swapped():
         for seg_index in range(start_segment, len(segments)):
             if stop_at is not None and seen >= stop_at:
                 break

@@ -163,9 +163,11 @@ def test_efficientnet_stages_are_the_blocks(tiny_cnn: str, image_folder: Path) -
 
 @pytest.fixture
 def pinned() -> Any:
-    """One thread and no prefix outputs from earlier tests: convolutions' sums depend on the
-    thread count (and an ``hpo run`` in the same process sets it), so a comparison of two
-    runs to 1e-5 must compute both, and their cached prefix, with the same threads."""
+    """One thread and no prefix outputs from earlier tests. oneDNN's convolutions choose their
+    algorithm by batch shape and thread count, so the last bits of a frozen stage's output
+    depend on both, and AdamW turns last-bit differences of near-zero gradients into whole
+    steps: a comparison of two runs to 1e-5 computes both, and their cached prefix, with the
+    same threads and (``eval_batch_size=8``, the training batch) the same batch shape."""
     from objectives.models import clear_resources
 
     clear_resources()
@@ -180,7 +182,8 @@ def pinned() -> Any:
 @pytest.mark.parametrize("family", ["cnn", "vit"])
 def test_fast_and_plain_paths_train_the_same(family: str, tiny_cnn: str, tiny_vit: str,
                                              image_folder: Path, pinned: None) -> None:
-    task = task_for(config(tiny_cnn if family == "cnn" else tiny_vit, {"path": str(image_folder)}))
+    task = task_for(config(tiny_cnn if family == "cnn" else tiny_vit, {"path": str(image_folder)},
+                           eval_batch_size=8))
     k = max(1, task.structure.n_layers // 2)
     params = ImageParams.from_params({"freeze_layers": k, "batch_size": 8, "learning_rate": 3e-3})
     fast = train(params, task)
@@ -212,7 +215,8 @@ def test_gradual_unfreezing_and_layer_decay(family: str, tiny_cnn: str, tiny_vit
     from objectives.core import _optimizer
     from objectives.structure import find_structure
 
-    task = task_for(config(tiny_cnn if family == "cnn" else tiny_vit, {"path": str(image_folder)}))
+    task = task_for(config(tiny_cnn if family == "cnn" else tiny_vit, {"path": str(image_folder)},
+                           eval_batch_size=8))
     n = task.structure.n_layers
     gradual = ImageParams.from_params({"batch_size": 8, "learning_rate": 3e-3, "unfreeze_every": 1})
     fast = train(gradual, task, keep_model=True)
