@@ -58,3 +58,7 @@ class StorageLostError(HPOError):
 
 class ReportError(HPOError):
     """Raised when a report file cannot be written (a read-only directory, a full disk)."""
+
+
+class ExportWriteError(HPOError):
+    """Raised when an export's files cannot be written (a read-only directory, a full disk)."""

@@ -21,6 +21,7 @@ The run's config is ``hpo_config.json``, not ``config.json``: that name belongs 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from typing import Any
 
 from hpo.errors import ConfigError
 from hpo.errors import DataMismatchError
+from hpo.errors import ExportWriteError
 from hpo.errors import HPOInputError
 from objectives.record import TrialRecord
 
@@ -139,10 +141,18 @@ def export_study(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not an empty directory; choose another -o")
     seed_list = [cfg.seed + i for i in range(seeds)]
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    for parent in (out.parent, *out.parent.parents):  # the nearest existing ancestor
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportWriteError(f"cannot write the export to {out}: {parent} is not a directory")
+            break
+    try:  # before any training: a place we cannot write to fails at once
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise ExportWriteError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
     try:
         _LOG.info("retraining trial %d of %s for %d examples with seed(s) %s", best.number,
                   name, n_examples, ", ".join(map(str, seed_list)))
@@ -164,10 +174,19 @@ def export_study(
         if out.exists():
             out.rmdir()  # empty: checked above
         tmp.replace(out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise ExportWriteError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(directory=out, metrics=metrics)
+
+
+# Errors of writing (not of reading a model or data): a full disk or quota, a read-only place.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def _chosen_trial(study: optuna.Study, complete: list[Any], cfg: Any, number: int | None,

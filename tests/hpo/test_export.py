@@ -256,3 +256,30 @@ def test_refuses_changed_data_and_a_used_output(full_study: tuple[str, Path], tm
     assert not (tmp_path / "m").exists()
     result = invoke("export", "--storage", url, "--study", "nope", "-o", str(tmp_path / "m"))
     assert result.exit_code == 2 and "no study named 'nope'" in result.stderr
+
+
+@pytest.mark.parametrize("fault", ["not a directory", "disk full"])
+def test_an_export_that_cannot_be_written_is_one_line_exit_1(
+    full_study: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """A place that cannot be written fails before any training; a disk that fills up while the
+    files are written fails with one line too, and leaves no half-written directory."""
+    import errno
+    import os
+
+    url, _ = full_study
+    out = tmp_path / "model"
+    if fault == "not a directory":
+        (tmp_path / "plain").write_text("a file, not a directory")
+        out = tmp_path / "plain" / "model"
+        reason = f"{tmp_path / 'plain'} is not a directory"
+    else:
+        def full(self: Path, *args: object, **kwargs: object) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(Path, "write_text", full)
+        reason = "No space left on device"
+    result = invoke("export", "--storage", url, "--study", "full", "-o", str(out))
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [f"Error: cannot write the export to {out}: {reason}"]
+    assert not out.exists() and not list(out.parent.glob(".model.tmp-*"))
