@@ -287,8 +287,10 @@ def validate_space(cfg: SFTConfig, distributions: dict[str, Any]) -> None:
 
     for name, dist in distributions.items():
         TrainParams.check_distribution(name, dist)
+    info = describe_model(cfg.model, "causal-lm")
+    info.check_length(cfg.max_length)
     if any(name in distributions for name in TrainParams.MODEL_CHECKED):
-        describe_model(cfg.model, "causal-lm").check_space(distributions)
+        info.check_space(distributions)
 
 
 def objective(trial: optuna.Trial, params: dict[str, Any], cfg: SFTConfig, *,

@@ -298,6 +298,18 @@ class ModelInfo:
     n_layers: int
     lora_names: tuple[str, ...]
     structure: Any = field(repr=False, compare=False)
+    positions: int | None = None  # the longest input its position embeddings cover (None: any)
+
+    def check_length(self, max_length: int) -> None:
+        """Refuse a ``max_length`` beyond the model's positions (it would fail every trial, or
+        silently read positions the model never learned).
+
+        Raises:
+            ValueError: naming the value and the model's limit.
+        """
+        if self.positions is not None and max_length > self.positions:
+            raise ValueError(f"max_length: {max_length} is beyond the {self.positions} positions "
+                             f"of model {self.model!r} (valid: up to {self.positions})")
 
     def check_space(self, distributions: dict[str, Any]) -> None:
         """Check ``freeze_layers`` and ``target_modules`` entries against the model.
@@ -363,4 +375,16 @@ def describe_model(model: str, kind: str = "sequence-classification") -> ModelIn
     with torch.device("meta"):
         skeleton = getattr(transformers, _AUTO_CLASSES[kind]).from_config(config)
     structure = find_structure(skeleton)
-    return ModelInfo(model, structure.n_layers, tuple(lora_target_names(structure)), structure)
+    return ModelInfo(model, structure.n_layers, tuple(lora_target_names(structure)), structure,
+                     _positions(config))
+
+
+def _positions(config: Any) -> int | None:
+    """Tokens the model's position embeddings cover: ``max_position_embeddings`` (GPT-2:
+    ``n_positions``), less RoBERTa's two reserved positions; None for models without a limit."""
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not isinstance(n, int) or n <= 0:
+        return None
+    if getattr(config, "model_type", None) in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        n -= 2  # positions start after the padding index
+    return n

@@ -332,6 +332,7 @@ def validate_space(cfg: TextClassificationConfig, distributions: dict[str, Any])
         TextParams.check_distribution(name, dist)
     for model in models:
         info = describe_model(model, "sequence-classification")  # also: the model exists
+        info.check_length(cfg.max_length)
         if any(name in distributions for name in TrainParams.MODEL_CHECKED):
             info.check_space(distributions)
 

@@ -433,8 +433,10 @@ def validate_space(cfg: TextRegressionConfig, distributions: dict[str, Any]) -> 
 
     for name, dist in distributions.items():
         TextParams.check_distribution(name, dist)
+    info = describe_model(cfg.model, "sequence-classification")
+    info.check_length(cfg.max_length)
     if any(name in distributions for name in TextParams.MODEL_CHECKED):
-        describe_model(cfg.model, "sequence-classification").check_space(distributions)
+        info.check_space(distributions)
 
 
 def objective(trial: optuna.Trial, params: dict[str, Any], cfg: TextRegressionConfig, *,

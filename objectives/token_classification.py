@@ -283,8 +283,10 @@ def validate_space(cfg: TokenClassificationConfig, distributions: dict[str, Any]
 
     for name, dist in distributions.items():
         TrainParams.check_distribution(name, dist)
+    info = describe_model(cfg.model, "token-classification")
+    info.check_length(cfg.max_length)
     if any(name in distributions for name in TrainParams.MODEL_CHECKED):
-        describe_model(cfg.model, "token-classification").check_space(distributions)
+        info.check_space(distributions)
 
 
 def objective(trial: optuna.Trial, params: dict[str, Any], cfg: TokenClassificationConfig, *,

@@ -205,6 +205,9 @@ CASES: dict[str, Case] = {
                                        "timeout: expected seconds > 0 or null, got '1h'"),
     "seed: a float": Case(lambda w: ["run", "--config", str(w.config(seed=1.5))], 2,
                           "seed: expected an integer, got 1.5"),
+    "max_length: beyond the model's positions": Case(
+        lambda w: ["run", "--config", str(w.tc_config(max_length=100))], 2,
+        "max_length: 100 is beyond the 64 positions of model"),
     "cv_folds: on an objective without folds": Case(
         lambda w: ["run", "--config", str(w.tc_config(objective="text_regression", cv_folds=3))], 2,
         "cv_folds: this objective has one validation split"),
