@@ -55,78 +55,36 @@ class ObjectiveSpec:
     recipe: Callable[[Any, list[str]], dict[str, Any]] | None = None
 
 
+def task_spec(module: Any, config: type) -> ObjectiveSpec:
+    """The spec of a task module that defines the usual hooks by their usual names
+    (``objective``, ``METRICS``, ``prepare``, ``validate_space``, ``fingerprint``,
+    ``check_data``, ``export`` and, where it has them, ``default_space`` and ``recipe``)."""
+    return ObjectiveSpec(
+        fn=module.objective,
+        config_from_dict=config.from_dict,
+        config_to_dict=config.to_dict,
+        metrics=module.METRICS,
+        prepare=module.prepare,
+        validate_space=module.validate_space,
+        resumes=True,
+        fingerprint=getattr(module, "fingerprint", None),
+        check_data=getattr(module, "check_data", None),
+        export=getattr(module, "export", None),
+        default_space=getattr(module, "default_space", None),
+        recipe=getattr(module, "recipe", None),
+    )
+
+
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "text_classification": ObjectiveSpec(
-        fn=text_classification.objective,
-        config_from_dict=text_classification.TextClassificationConfig.from_dict,
-        config_to_dict=text_classification.TextClassificationConfig.to_dict,
-        metrics=text_classification.METRICS,
-        prepare=text_classification.prepare,
-        validate_space=text_classification.validate_space,
-        resumes=True,
-        fingerprint=text_classification.fingerprint,
-        check_data=text_classification.check_data,
-        export=text_classification.export,
-        default_space=text_classification.default_space,
-        recipe=text_classification.recipe,
-    ),
-    "image_classification": ObjectiveSpec(
-        fn=image_classification.objective,
-        config_from_dict=image_classification.ImageClassificationConfig.from_dict,
-        config_to_dict=image_classification.ImageClassificationConfig.to_dict,
-        metrics=image_classification.METRICS,
-        prepare=image_classification.prepare,
-        validate_space=image_classification.validate_space,
-        resumes=True,
-        fingerprint=image_classification.fingerprint,
-        check_data=image_classification.check_data,
-        export=image_classification.export,
-    ),
-    "text_regression": ObjectiveSpec(
-        fn=text_regression.objective,
-        config_from_dict=text_regression.TextRegressionConfig.from_dict,
-        config_to_dict=text_regression.TextRegressionConfig.to_dict,
-        metrics=text_regression.METRICS,
-        prepare=text_regression.prepare,
-        validate_space=text_regression.validate_space,
-        resumes=True,
-        fingerprint=text_regression.fingerprint,
-        check_data=text_regression.check_data,
-        export=text_regression.export,
-    ),
-    "token_classification": ObjectiveSpec(
-        fn=token_classification.objective,
-        config_from_dict=token_classification.TokenClassificationConfig.from_dict,
-        config_to_dict=token_classification.TokenClassificationConfig.to_dict,
-        metrics=token_classification.METRICS,
-        prepare=token_classification.prepare,
-        validate_space=token_classification.validate_space,
-        resumes=True,
-        fingerprint=token_classification.fingerprint,
-        check_data=token_classification.check_data,
-        export=token_classification.export,
-    ),
-    "causal_lm_sft": ObjectiveSpec(
-        fn=causal_lm_sft.objective,
-        config_from_dict=causal_lm_sft.SFTConfig.from_dict,
-        config_to_dict=causal_lm_sft.SFTConfig.to_dict,
-        metrics=causal_lm_sft.METRICS,
-        prepare=causal_lm_sft.prepare,
-        validate_space=causal_lm_sft.validate_space,
-        resumes=True,
-        fingerprint=causal_lm_sft.fingerprint,
-        check_data=causal_lm_sft.check_data,
-        export=causal_lm_sft.export,
-    ),
-    "toy": ObjectiveSpec(
-        fn=toy.objective,
-        config_from_dict=toy.ToyConfig.from_dict,
-        config_to_dict=toy.ToyConfig.to_dict,
-        metrics=toy.METRICS,
-        prepare=toy.prepare,
-        validate_space=toy.validate_space,
-        resumes=True,
-    ),
+    "text_classification": task_spec(text_classification,
+                                     text_classification.TextClassificationConfig),
+    "image_classification": task_spec(image_classification,
+                                      image_classification.ImageClassificationConfig),
+    "text_regression": task_spec(text_regression, text_regression.TextRegressionConfig),
+    "token_classification": task_spec(token_classification,
+                                      token_classification.TokenClassificationConfig),
+    "causal_lm_sft": task_spec(causal_lm_sft, causal_lm_sft.SFTConfig),
+    "toy": task_spec(toy, toy.ToyConfig),
 }
 
 

@@ -44,7 +44,6 @@ from objectives.devices import device_name
 from objectives.devices import gib
 from objectives.devices import is_out_of_memory
 from objectives.devices import release_memory
-from objectives.devices import resolve_device
 from objectives.devices import resolve_precision
 from objectives.record import EvalPoint
 from objectives.record import TrialRecord
@@ -245,7 +244,7 @@ def _setup(task: Task) -> tuple[str, Precision, MemoryMeter, TrialRecord]:
     """The device, precision and memory meter of a run, decided once, and its empty record."""
     cfg = task.config
     ctx = distributed.current()
-    device = distributed.rank_device(ctx, cfg.device) if ctx.active else resolve_device(cfg.device)
+    device = distributed.worker_device(cfg.device)
     precision = Precision(resolve_precision(cfg.precision, device), device)
     meter = MemoryMeter(device)
     meter.start()

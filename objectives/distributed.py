@@ -15,7 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DistContext", "all_gather", "broadcast", "current", "env_world_size", "init"]
+__all__ = ["DistContext", "all_gather", "broadcast", "current", "env_world_size", "init",
+           "worker_device"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,15 @@ def current() -> DistContext:
 def rank_device(ctx: DistContext, device: str) -> str:
     """The device of this rank: ``cuda:LOCAL_RANK`` with NCCL, else the CPU."""
     return f"cuda:{ctx.local_rank}" if ctx.backend == "nccl" else "cpu"
+
+
+def worker_device(requested: str) -> str:
+    """Where this worker trains: its rank's device inside a distributed group, else the
+    ``device`` setting resolved (``auto`` → the best available)."""
+    from objectives.devices import resolve_device
+
+    ctx = current()
+    return rank_device(ctx, requested) if ctx.active else resolve_device(requested)
 
 
 def broadcast(obj: Any, ctx: DistContext | None = None) -> Any:

@@ -253,12 +253,9 @@ class ImageClassificationTask:
 
 def task_for(cfg: ImageClassificationConfig, device: str | None = None) -> ImageClassificationTask:
     """The task of ``cfg`` on this worker: images and model loaded once per process and device."""
-    from objectives import distributed
-    from objectives.devices import resolve_device
+    from objectives.distributed import worker_device
 
-    ctx = distributed.current()
-    if device is None:
-        device = distributed.rank_device(ctx, cfg.device) if ctx.active else resolve_device(cfg.device)
+    device = device or worker_device(cfg.device)
     return ImageClassificationTask(cfg, get_image_resources(cfg, device))
 
 

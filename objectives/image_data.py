@@ -22,9 +22,7 @@ code                          severity  what
 from __future__ import annotations
 
 import collections
-import copy
 import csv
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from objectives.data import DataError
 from objectives.data import _sort_labels
 from objectives.sources import SPLITS
 from objectives.sources import SourceConfig
+from objectives.sources import memoized_splits
 from objectives.sources import source_fingerprint
 from objectives.sources import split_rows
 
@@ -230,9 +229,6 @@ def image_fingerprint(cfg: ImageDataConfig, seed: int) -> str:
     return source_fingerprint(cfg, seed, files)
 
 
-_memo: dict[tuple[ImageDataConfig, int, str], ImageSplits] = {}
-
-
 def load_image_splits(cfg: ImageDataConfig, seed: int) -> ImageSplits:
     """Decode the images once (memoized per process) and split them, seeded and stratified.
 
@@ -240,14 +236,7 @@ def load_image_splits(cfg: ImageDataConfig, seed: int) -> ImageSplits:
         DataError: a missing folder or file, a class folder without images, a table without
             its columns, fewer than 2 classes, too few images for three splits.
     """
-    fingerprint = image_fingerprint(cfg, seed)
-    key = (cfg, seed, fingerprint)
-    if key not in _memo:
-        if len(_memo) >= 4:
-            del _memo[next(iter(_memo))]
-        _memo[key] = _load(cfg, seed, fingerprint)
-    s = _memo[key]
-    return dataclasses.replace(s, label_names=list(s.label_names), info=copy.deepcopy(s.info))
+    return _memoized(cfg, seed)
 
 
 def _load(cfg: ImageDataConfig, seed: int, fingerprint: str) -> ImageSplits:
@@ -393,3 +382,6 @@ def check_images(cfg: ImageDataConfig, seed: int) -> list[Finding]:
     findings += check_class_balance({s: splits.labels[s].tolist() for s in SPLITS},
                                     splits.label_names)
     return sorted(findings, key=lambda f: f.severity != "error")
+
+
+_memoized = memoized_splits(image_fingerprint, _load)

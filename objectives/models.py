@@ -379,6 +379,22 @@ def describe_model(model: str, kind: str = "sequence-classification") -> ModelIn
                      _positions(config))
 
 
+def check_space(cfg: Any, distributions: dict[str, Any], params: Any, kind: str) -> None:
+    """Check a text task's space: every hyperparameter's name and range (``params``: its
+    :class:`~objectives.params.TrainParams` class), ``max_length`` against the model's positions,
+    and freezing depth / LoRA targets against the model's structure (``kind``: its head).
+
+    Raises:
+        ValueError: naming the parameter or setting and what would be valid.
+    """
+    for name, dist in distributions.items():
+        params.check_distribution(name, dist)
+    info = describe_model(cfg.model, kind)
+    info.check_length(cfg.max_length)
+    if any(name in distributions for name in params.MODEL_CHECKED):
+        info.check_space(distributions)
+
+
 def _positions(config: Any) -> int | None:
     """Tokens the model's position embeddings cover: ``max_position_embeddings`` (GPT-2:
     ``n_positions``), less RoBERTa's two reserved positions; None for models without a limit."""

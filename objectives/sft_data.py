@@ -26,8 +26,6 @@ only assistant tokens (each answer and its end-of-turn marker), never the system
 from __future__ import annotations
 
 import collections
-import copy
-import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -44,6 +42,7 @@ from objectives.data import DataError
 from objectives.data import read_error
 from objectives.sources import SPLITS
 from objectives.sources import SourceConfig
+from objectives.sources import memoized_splits
 from objectives.sources import package_dir
 from objectives.sources import source_fingerprint
 from objectives.sources import split_rows
@@ -217,9 +216,6 @@ def problems(chat: list[Message]) -> list[str]:
     return out
 
 
-_memo: dict[tuple[ChatDataConfig, int, str], ChatSplits] = {}
-
-
 def load_chat_splits(cfg: ChatDataConfig, seed: int) -> ChatSplits:
     """Read and split the conversations (memoized per process).
 
@@ -227,14 +223,7 @@ def load_chat_splits(cfg: ChatDataConfig, seed: int) -> ChatSplits:
         DataError: a missing or unreadable file, missing columns, malformed messages, too few
             conversations.
     """
-    fingerprint = chat_fingerprint(cfg, seed)
-    key = (cfg, seed, fingerprint)
-    if key not in _memo:
-        if len(_memo) >= 4:
-            del _memo[next(iter(_memo))]
-        _memo[key] = _load(cfg, seed, fingerprint)
-    s = _memo[key]
-    return dataclasses.replace(s, info=copy.deepcopy(s.info))
+    return _memoized(cfg, seed)
 
 
 def _load(cfg: ChatDataConfig, seed: int, fingerprint: str) -> ChatSplits:
@@ -462,3 +451,6 @@ def chat_lengths(tokenizer: Any, chats: Sequence[list[Message]]) -> list[tuple[i
         first = np.flatnonzero(labels != IGNORE)
         out.append((n, int(first[0]) if len(first) else n))
     return out
+
+
+_memoized = memoized_splits(chat_fingerprint, _load)

@@ -13,10 +13,12 @@ Errors are :class:`objectives.data.DataError`: one line naming the key or file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -31,9 +33,10 @@ from objectives.data import DataError
 from objectives.data import _file_sha256
 from objectives.data import _stratified_pick
 
-__all__ = ["SourceConfig", "source_fingerprint", "split_rows"]
+__all__ = ["SourceConfig", "memoized_splits", "source_fingerprint", "split_rows"]
 
 _S = TypeVar("_S", bound="SourceConfig")
+_T = TypeVar("_T")
 SPLITS = ("train", "validation", "test")
 _SPLIT_KEYS = ("train_path", "validation_path", "test_path")
 
@@ -168,6 +171,34 @@ def source_fingerprint(cfg: SourceConfig, seed: int, builtin_files: list[Path],
     blob = json.dumps({"kind": type(cfg).__name__, "settings": settings, "extra": extra or {},
                        "seed": seed}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def memoized_splits(fingerprint: Callable[[Any, int], str],
+                    load: Callable[[Any, int, str], _T], size: int = 4) -> Callable[[Any, int], _T]:
+    """A per-process memo of a task's read-and-split data (``load(cfg, seed, fingerprint)``),
+    keyed by the config, the seed and the data's content fingerprint, holding the ``size`` most
+    recently read; a trial in the same worker reuses the rows instead of reading them again.
+
+    Each call returns a copy whose mutable parts (``info``, and ``label_names`` where the splits
+    have them) are the caller's own, so one trial's edits never reach the next.
+    """
+    memo: dict[tuple[Any, int, str], _T] = {}
+
+    def get(cfg: Any, seed: int) -> _T:
+        fp = fingerprint(cfg, seed)
+        key = (cfg, seed, fp)
+        if key not in memo:
+            if len(memo) >= size:
+                del memo[next(iter(memo))]
+            memo[key] = load(cfg, seed, fp)
+        s = memo[key]
+        fresh: dict[str, Any] = {"info": copy.deepcopy(s.info)}  # type: ignore[attr-defined]
+        if hasattr(s, "label_names"):
+            fresh["label_names"] = list(s.label_names)
+        return dataclasses.replace(s, **fresh)  # type: ignore[type-var]
+
+    get.memo = memo  # type: ignore[attr-defined]  # for tests
+    return get
 
 
 def split_rows(n: int, cfg: SourceConfig, seed: int, classes: np.ndarray | None = None,

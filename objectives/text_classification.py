@@ -284,14 +284,10 @@ class _Fold(TextClassificationTask):
 
 def task_for(cfg: TextClassificationConfig, device: str | None = None) -> TextClassificationTask:
     """The task of ``cfg`` on this worker: data and model loaded once per process and device."""
-    from objectives import distributed
-    from objectives.devices import resolve_device
+    from objectives.distributed import worker_device
     from objectives.models import get_resources
 
-    ctx = distributed.current()
-    if device is None:
-        device = (distributed.rank_device(ctx, cfg.device) if ctx.active
-                  else resolve_device(cfg.device))
+    device = device or worker_device(cfg.device)
     splits = load_splits(cfg.dataset, cfg.seed)
     res = get_resources(cfg.model, splits, cfg.max_length, cfg.cache_dir, cfg.prefix_cache_mb,
                         device, keep=cfg.models_in_memory)

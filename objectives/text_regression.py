@@ -27,7 +27,6 @@ column, exit code 2.
 from __future__ import annotations
 
 import collections
-import copy
 import csv
 import dataclasses
 import json
@@ -47,6 +46,7 @@ from objectives.config import TrainConfig
 from objectives.data import DataError
 from objectives.sources import SPLITS
 from objectives.sources import SourceConfig
+from objectives.sources import memoized_splits
 from objectives.sources import package_dir
 from objectives.sources import source_fingerprint
 from objectives.sources import split_rows
@@ -180,23 +180,13 @@ def _stats(y: np.ndarray) -> dict[str, float]:
             "max": float(y.max())}
 
 
-_memo: dict[tuple[RegressionDataConfig, int, str], RegressionSplits] = {}
-
-
 def load_regression_splits(cfg: RegressionDataConfig, seed: int) -> RegressionSplits:
     """Read and split the scored texts (memoized per process).
 
     Raises:
         DataError: a missing file or column, a target that is not a number, too few rows.
     """
-    fp = regression_fingerprint(cfg, seed)
-    key = (cfg, seed, fp)
-    if key not in _memo:
-        if len(_memo) >= 4:
-            del _memo[next(iter(_memo))]
-        _memo[key] = _load(cfg, seed, fp)
-    s = _memo[key]
-    return dataclasses.replace(s, info=copy.deepcopy(s.info))
+    return _memoized(cfg, seed)
 
 
 def _load(cfg: RegressionDataConfig, seed: int, fp: str) -> RegressionSplits:
@@ -408,12 +398,9 @@ class TextRegressionTask(TextClassificationTask):
 
 def task_for(cfg: TextRegressionConfig, device: str | None = None) -> TextRegressionTask:
     """The task of ``cfg`` on this worker: data and model loaded once per process and device."""
-    from objectives import distributed
-    from objectives.devices import resolve_device
+    from objectives.distributed import worker_device
 
-    ctx = distributed.current()
-    if device is None:
-        device = distributed.rank_device(ctx, cfg.device) if ctx.active else resolve_device(cfg.device)
+    device = device or worker_device(cfg.device)
     return TextRegressionTask(cfg, get_regression_resources(cfg, device))
 
 
@@ -429,14 +416,9 @@ def fingerprint(cfg: TextRegressionConfig) -> str:
 
 def validate_space(cfg: TextRegressionConfig, distributions: dict[str, Any]) -> None:
     """Check every hyperparameter's name and range, also against the model's structure."""
-    from objectives.models import describe_model
+    from objectives.models import check_space
 
-    for name, dist in distributions.items():
-        TextParams.check_distribution(name, dist)
-    info = describe_model(cfg.model, "sequence-classification")
-    info.check_length(cfg.max_length)
-    if any(name in distributions for name in TextParams.MODEL_CHECKED):
-        info.check_space(distributions)
+    check_space(cfg, distributions, TextParams, "sequence-classification")
 
 
 def objective(trial: optuna.Trial, params: dict[str, Any], cfg: TextRegressionConfig, *,
@@ -590,3 +572,6 @@ def _test(model: Any, task: TextRegressionTask) -> dict[str, Any]:
     out = outputs(model, task, "test", device, precision)
     return {**regression_metrics(np.asarray(out["target"]), np.asarray(out["pred"])),
             "loss": out["loss_sum"] / max(out["units"], 1), "n_examples": len(out["target"])}
+
+
+_memoized = memoized_splits(regression_fingerprint, _load)

@@ -258,12 +258,9 @@ class TokenClassificationTask:
 
 def task_for(cfg: TokenClassificationConfig, device: str | None = None) -> TokenClassificationTask:
     """The task of ``cfg`` on this worker: data and model loaded once per process and device."""
-    from objectives import distributed
-    from objectives.devices import resolve_device
+    from objectives.distributed import worker_device
 
-    ctx = distributed.current()
-    if device is None:
-        device = distributed.rank_device(ctx, cfg.device) if ctx.active else resolve_device(cfg.device)
+    device = device or worker_device(cfg.device)
     return TokenClassificationTask(cfg, get_token_resources(cfg, device))
 
 
@@ -279,14 +276,9 @@ def fingerprint(cfg: TokenClassificationConfig) -> str:
 
 def validate_space(cfg: TokenClassificationConfig, distributions: dict[str, Any]) -> None:
     """Check every hyperparameter's name and range, also against the model's structure."""
-    from objectives.models import describe_model
+    from objectives.models import check_space
 
-    for name, dist in distributions.items():
-        TrainParams.check_distribution(name, dist)
-    info = describe_model(cfg.model, "token-classification")
-    info.check_length(cfg.max_length)
-    if any(name in distributions for name in TrainParams.MODEL_CHECKED):
-        info.check_space(distributions)
+    check_space(cfg, distributions, TrainParams, "token-classification")
 
 
 def objective(trial: optuna.Trial, params: dict[str, Any], cfg: TokenClassificationConfig, *,

@@ -22,8 +22,6 @@ code                          severity  what
 from __future__ import annotations
 
 import collections
-import copy
-import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -37,6 +35,7 @@ from objectives.checks import Finding
 from objectives.data import DataError
 from objectives.sources import SPLITS
 from objectives.sources import SourceConfig
+from objectives.sources import memoized_splits
 from objectives.sources import package_dir
 from objectives.sources import source_fingerprint
 from objectives.sources import split_rows
@@ -175,9 +174,6 @@ def _tag_order(tags: set[str]) -> list[str]:
     return sorted(tags, key=key)
 
 
-_memo: dict[tuple[TokenDataConfig, int, str], TokenSplits] = {}
-
-
 def load_token_splits(cfg: TokenDataConfig, seed: int) -> TokenSplits:
     """Read and split the sentences (memoized per process).
 
@@ -185,14 +181,7 @@ def load_token_splits(cfg: TokenDataConfig, seed: int) -> TokenSplits:
         DataError: a missing or malformed file (a line that is not token and tag), too few
             sentences.
     """
-    fingerprint = token_fingerprint(cfg, seed)
-    key = (cfg, seed, fingerprint)
-    if key not in _memo:
-        if len(_memo) >= 4:
-            del _memo[next(iter(_memo))]
-        _memo[key] = _load(cfg, seed, fingerprint)
-    s = _memo[key]
-    return dataclasses.replace(s, label_names=list(s.label_names), info=copy.deepcopy(s.info))
+    return _memoized(cfg, seed)
 
 
 def _load(cfg: TokenDataConfig, seed: int, fingerprint: str) -> TokenSplits:
@@ -448,3 +437,6 @@ def piece_lengths(tokenizer: Any, words: list[list[str]]) -> list[int]:
     tokenizer.model_max_length = int(1e12)  # we count what is beyond it
     out = tokenizer(words, is_split_into_words=True, truncation=False)["input_ids"]
     return [len(x) for x in out]
+
+
+_memoized = memoized_splits(token_fingerprint, _load)
